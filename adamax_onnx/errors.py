@@ -47,3 +47,7 @@ class CheckpointError(AdamaxOnnxError, ValueError):
 
 class UnsafePathError(AdamaxOnnxError, ValueError):
     """A file refers to a location outside the folder it may read from."""
+
+
+class FederatedError(AdamaxOnnxError, ValueError):
+    """A federated update or configuration cannot be used (wrong parameters, bad run config)."""
