@@ -4,8 +4,9 @@ Flower's Deployment Runtime: one ``flower-superlink`` and ``--nodes`` ``flower-s
 processes on 127.0.0.1 (each SuperNode is one device: ``partition-id=<i>`` selects its
 ``client-<i>.npz``), then ``flwr run`` submits the run. Nothing is simulated: every ClientApp
 runs in its own process started by its SuperNode, and parameters travel over Flower's
-transport. ``--kill-node ID@SECONDS`` stops one SuperNode (SIGKILL) that many seconds after the
-run starts, to show that a device dropping out does not stop the federation.
+transport. ``--kill-node ID`` stops SuperNode ID (SIGKILL) as soon as it has finished its first
+training round (its checkpoint appears), to show that a device dropping out mid-run does not
+stop the federation: the server goes on with the replies it gets within ``--round-timeout``.
 
     python -m adamax_onnx.federated.deploy --train-model M.onnx --data-dir DATA --nodes 3
 """
@@ -25,14 +26,13 @@ from .simulate import common_arguments, print_history, run_config
 __all__ = ["main"]
 
 
-def _parse_kill(spec: str | None) -> tuple[int, float] | None:
-    if not spec:
-        return None
-    try:
-        node, _, seconds = spec.partition("@")
-        return int(node), float(seconds or 0.0)
-    except ValueError:
-        raise FederatedError(f"--kill-node {spec!r} is not ID@SECONDS, e.g. '1@20'") from None
+def _kill_after_first_round(fed, node: int, state_dir: Path, stop: threading.Event) -> None:
+    """SIGKILL SuperNode ``node`` once its first local checkpoint exists."""
+    while not stop.is_set():
+        if any(state_dir.glob(f"run-*/client-{node}.npz")):
+            fed.kill_supernode(node)
+            return
+        stop.wait(0.05)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     common_arguments(p)
     p.add_argument("--nodes", type=int, default=3, help="SuperNode processes (default 3)")
-    p.add_argument("--kill-node", help="ID@SECONDS: SIGKILL SuperNode ID after SECONDS")
+    p.add_argument(
+        "--kill-node", type=int, help="SIGKILL SuperNode ID after its first training round"
+    )
     args = p.parse_args(argv)
     from .launch import Federation, write_app
 
@@ -50,9 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.nodes < 2:
             raise FederatedError(f"--nodes must be >= 2, got {args.nodes}")
-        kill = _parse_kill(args.kill_node)
-        if kill is not None and not 0 <= kill[0] < args.nodes:
-            raise FederatedError(f"--kill-node {kill[0]} is not a node id in 0..{args.nodes - 1}")
+        kill = args.kill_node
+        if kill is not None and not 0 <= kill < args.nodes:
+            raise FederatedError(f"--kill-node {kill} is not a node id in 0..{args.nodes - 1}")
         config = run_config(args, args.nodes)
     except FederatedError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -62,11 +64,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     with Federation(work, simulation=False) as fed:
         for i in range(args.nodes):
             fed.add_supernode(i, args.nodes)
+        stop = threading.Event()
         if kill is not None:
-            timer = threading.Timer(kill[1], fed.kill_supernode, args=(kill[0],))
-            timer.daemon = True
-            timer.start()
-        done = fed.run(app_dir, config, echo=not args.quiet)
+            watcher = threading.Thread(
+                target=_kill_after_first_round,
+                args=(fed, kill, Path(config["state-dir"]), stop),
+                daemon=True,
+            )
+            watcher.start()
+        try:
+            done = fed.run(app_dir, config, echo=not args.quiet)
+        finally:
+            stop.set()
     results = Path(config["results"])
     if done.returncode != 0 or not results.exists():
         print(f"flwr run failed (exit {done.returncode}); logs: {work / 'logs'}", file=sys.stderr)
