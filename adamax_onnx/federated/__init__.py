@@ -12,8 +12,10 @@ Clients need only ``onnxruntime`` (the stock package is enough: training models 
 portable), ``numpy``, ``onnx`` and ``flwr``; the training model is built once, where
 onnxruntime-training is installed, and shipped as a file.
 
-Entry points:
+Entry points (``scripts/federated.sh`` and ``scripts/federated_deploy.sh`` chain them):
 
+* ``python -m adamax_onnx.federated.prepare`` - the training model and the per-client data
+  (needs onnxruntime-training and scikit-learn: run it in the training venv).
 * ``python -m adamax_onnx.federated.simulate`` - Flower's Simulation Runtime (10 clients,
   digits split non-IID by label), accuracy per round.
 * ``python -m adamax_onnx.federated.deploy`` - Flower's Deployment Runtime: a SuperLink and
