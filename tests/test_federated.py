@@ -25,9 +25,9 @@ from adamax_onnx.errors import FederatedError
 from adamax_onnx.federated.config import parse_faults, read_config
 from adamax_onnx.federated.data import split_by_label
 from adamax_onnx.federated.params import check_parameters, nonfinite_reason
+from tests.venvs import venv_python
 
 ROOT = Path(__file__).resolve().parent.parent
-FED_PYTHON = ROOT / ".venv-fed" / "bin" / "python"
 
 
 # --------------------------------------------------------------------------- no Flower needed
@@ -95,18 +95,7 @@ def test_read_config_checks_keys_and_types():
 @pytest.fixture(scope="session")
 def fed_python() -> Path:
     """The interpreter of .venv-fed, created (or reused) by scripts/federated_venv.sh."""
-    proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "federated_venv.sh")],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    if proc.returncode != 0 or not FED_PYTHON.exists():
-        pytest.fail(
-            "could not create the federated venv .venv-fed "
-            f"(exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        )
-    return FED_PYTHON
+    return venv_python("federated_venv.sh", ".venv-fed", "federated", timeout=1200)
 
 
 @pytest.fixture(scope="module")
@@ -211,9 +200,14 @@ def test_strategy_excludes_nonfinite_and_failed_replies(fed_python, tmp_path):
         assert counts == {"sent": 6, "ok": 3, "error": 1, "missing": 1, "nonfinite": 1}
 
 
-def _command(python: Path, module: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+def _command(
+    python: Path, module: str, prepared: Path, work: Path, args: list[str], timeout: float
+) -> subprocess.CompletedProcess:
+    """``python -m adamax_onnx.federated.<module>`` on the prepared MLP model and data."""
+    model, data = str(prepared / "mlp.train.onnx"), str(prepared / "data")
     return subprocess.run(
-        [str(python), "-m", f"adamax_onnx.federated.{module}", *args, "--quiet"],
+        [str(python), "-m", f"adamax_onnx.federated.{module}", "--train-model", model,
+         "--data-dir", data, "--work", str(work), *args, "--quiet"],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
     )
 
@@ -221,9 +215,8 @@ def _command(python: Path, module: str, args: list[str], timeout: float) -> subp
 def test_simulation_survives_crash_and_nan_clients(fed_python, prepared, tmp_path):
     """3 virtual SuperNodes, 3 rounds: client 1 raises in round 2, client 2 sends NaN in round 3."""
     work = tmp_path / "sim"
-    proc = _command(fed_python, "simulate", [
-        "--train-model", str(prepared / "mlp.train.onnx"), "--data-dir", str(prepared / "data"),
-        "--work", str(work), "--clients", "3", "--rounds", "3", "--local-epochs", "2",
+    proc = _command(fed_python, "simulate", prepared, work, [
+        "--clients", "3", "--rounds", "3", "--local-epochs", "2",
         "--faults", "crash:1@2,nan:2@3", "--round-timeout", "120",
     ], timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -243,9 +236,8 @@ def test_simulation_survives_crash_and_nan_clients(fed_python, prepared, tmp_pat
 
 def test_simulation_fedadam_keeps_float32(fed_python, prepared, tmp_path):
     work = tmp_path / "sim"
-    proc = _command(fed_python, "simulate", [
-        "--train-model", str(prepared / "mlp.train.onnx"), "--data-dir", str(prepared / "data"),
-        "--work", str(work), "--clients", "3", "--rounds", "2", "--local-epochs", "1",
+    proc = _command(fed_python, "simulate", prepared, work, [
+        "--clients", "3", "--rounds", "2", "--local-epochs", "1",
         "--strategy", "fedadam",
     ], timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -257,9 +249,8 @@ def test_simulation_fedadam_keeps_float32(fed_python, prepared, tmp_path):
 
 
 def test_simulate_refuses_missing_client_data(fed_python, prepared, tmp_path):
-    proc = _command(fed_python, "simulate", [
-        "--train-model", str(prepared / "mlp.train.onnx"), "--data-dir", str(prepared / "data"),
-        "--work", str(tmp_path / "w"), "--clients", "5",
+    proc = _command(fed_python, "simulate", prepared, tmp_path / "w", [
+        "--clients", "5",
     ], timeout=120)
     assert proc.returncode == 2
     assert "no data for 2 of 5 clients" in proc.stderr and "Traceback" not in proc.stderr
@@ -269,9 +260,8 @@ def test_deployment_runtime_with_a_node_killed_mid_run(fed_python, prepared, tmp
     """SuperLink + 3 SuperNode processes; SuperNode 2 is SIGKILLed as soon as it has trained
     once (its checkpoint appears), i.e. in round 1, before or while it replies."""
     work = tmp_path / "deploy"
-    proc = _command(fed_python, "deploy", [
-        "--train-model", str(prepared / "mlp.train.onnx"), "--data-dir", str(prepared / "data"),
-        "--work", str(work), "--nodes", "3", "--rounds", "2", "--local-epochs", "2",
+    proc = _command(fed_python, "deploy", prepared, work, [
+        "--nodes", "3", "--rounds", "2", "--local-epochs", "2",
         "--round-timeout", "10", "--kill-node", "2",
     ], timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

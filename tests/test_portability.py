@@ -26,9 +26,9 @@ from models.cnn import build_cnn
 from models.mlp import build_mlp
 from models.transformer import build_transformer
 from passes.contract import updated
+from tests.venvs import venv_python
 
 ROOT = Path(__file__).resolve().parent.parent
-STOCK_PYTHON = ROOT / ".venv-stock" / "bin" / "python"
 STEPS = 10
 BATCH = 16
 # Parameters agree to float32 rounding: the lowered gradients sum in another order than the
@@ -97,18 +97,7 @@ def _save_batches(path: Path, batches: list[dict]) -> None:
 @pytest.fixture(scope="session")
 def stock_python() -> Path:
     """The interpreter of .venv-stock, created (or reused) by scripts/stock_venv.sh."""
-    proc = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "stock_venv.sh")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if proc.returncode != 0 or not STOCK_PYTHON.exists():
-        pytest.fail(
-            "could not create the stock-onnxruntime venv .venv-stock "
-            f"(exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        )
-    return STOCK_PYTHON
+    return venv_python("stock_venv.sh", ".venv-stock", "stock-onnxruntime", timeout=900)
 
 
 def _run_stock(python: Path, cases: list[dict], workdir: Path) -> dict[str, dict]:

@@ -8,7 +8,7 @@ Flower passes a flat ``run_config`` (``flwr run --run-config "key=value ..."`` o
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,4 +109,4 @@ def read_config(run_config: Mapping[str, Any]) -> RunSettings:
         raise FederatedError("run-config 'train-model' (the built training model file) is required")
     if not s.data_dir:
         raise FederatedError("run-config 'data-dir' (folder of client-<id>.npz files) is required")
-    return RunSettings(**{**s.__dict__, "faults": parse_faults(s.fault_injection)})
+    return replace(s, faults=parse_faults(s.fault_injection))

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import FederatedError
-from .simulate import common_arguments, print_history, run_config
+from .simulate import common_arguments, report, run_config
 
 __all__ = ["main"]
 
@@ -76,17 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             done = fed.run(app_dir, config, echo=not args.quiet)
         finally:
             stop.set()
-    results = Path(config["results"])
-    if done.returncode != 0 or not results.exists():
-        print(f"flwr run failed (exit {done.returncode}); logs: {work / 'logs'}", file=sys.stderr)
-        return 1
-    history = print_history(results)
-    print(
-        f"{args.nodes} SuperNodes, {args.rounds} rounds ({args.strategy}): final held-out "
-        f"accuracy {history['rounds'][-1]['accuracy']:.4f}; federation "
-        f"{history['wall_seconds']:.1f} s, wall {time.perf_counter() - t0:.1f} s"
-    )
-    return 0
+    return report(done, config, work, f"{args.nodes} SuperNodes", args, t0)
 
 
 if __name__ == "__main__":

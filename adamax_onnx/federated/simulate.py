@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from typing import Any
 from ..errors import FederatedError
 from .data import client_file
 
-__all__ = ["main", "print_history", "common_arguments", "run_config"]
+__all__ = ["main", "print_history", "common_arguments", "run_config", "report"]
 
 
 def common_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,6 +105,28 @@ def print_history(results: Path, out: Any = sys.stdout) -> dict[str, Any]:
     return history
 
 
+def report(
+    done: subprocess.CompletedProcess,
+    config: dict[str, Any],
+    work: Path,
+    who: str,
+    args: argparse.Namespace,
+    t0: float,
+) -> int:
+    """Print a finished run's history and summary line; the command's exit code."""
+    results = Path(config["results"])
+    if done.returncode != 0 or not results.exists():
+        print(f"flwr run failed (exit {done.returncode}); logs: {work / 'logs'}", file=sys.stderr)
+        return 1
+    history = print_history(results)
+    print(
+        f"{who}, {args.rounds} rounds ({args.strategy}): final held-out "
+        f"accuracy {history['rounds'][-1]['accuracy']:.4f}; federation "
+        f"{history['wall_seconds']:.1f} s, wall {time.perf_counter() - t0:.1f} s"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m adamax_onnx.federated.simulate",
@@ -132,17 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     with Federation(work, simulation=True) as fed:
         done = fed.run(app_dir, config, sim, echo=not args.quiet)
-    results = Path(config["results"])
-    if done.returncode != 0 or not results.exists():
-        print(f"flwr run failed (exit {done.returncode}); logs: {work / 'logs'}", file=sys.stderr)
-        return 1
-    history = print_history(results)
-    print(
-        f"{args.clients} clients, {args.rounds} rounds ({args.strategy}): final held-out "
-        f"accuracy {history['rounds'][-1]['accuracy']:.4f}; federation "
-        f"{history['wall_seconds']:.1f} s, wall {time.perf_counter() - t0:.1f} s"
-    )
-    return 0
+    return report(done, config, work, f"{args.clients} clients", args, t0)
 
 
 if __name__ == "__main__":
