@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.adamax import AdaMaxPass
+from passes.adamax import DEFAULT_BUCKET_SIZE, AdaMaxPass
 from passes.batchnorm import BatchNormError, DecomposeBatchNorm
 from passes.builder import IR_VERSION, OPSET
 from passes.contract import Contract, grad_name, lr_input_name, write_contract
@@ -221,7 +221,7 @@ def build_training_model(
     portable: bool = True,
     skip_nonfinite: bool = False,
     loss_scale_manager: LossScaleManager | None = None,
-    bucket_size: int = 0,
+    bucket_size: int = DEFAULT_BUCKET_SIZE,
     chunk_size: int = 0,
 ) -> onnx.ModelProto:
     """Build the one-run-per-step training model of ``model`` with ``optimizer``.
@@ -248,13 +248,17 @@ def build_training_model(
             ``False`` keeps the training-build form, which only onnxruntime-training runs.
             Inference-form BatchNormalization is decomposed (:mod:`passes.batchnorm`) either
             way: the gradient builder has no gradient for it.
-        bucket_size: 0 (default): every parameter gets its own update nodes. N > 0: float32
-            parameters with fewer than N elements are updated together in flat buckets of at
-            most N elements (bit-identical results, far fewer nodes; see
-            :class:`passes.adamax.AdaMaxPass` and ``benchmarks/README.md``).
+        bucket_size: float32 parameters with fewer than ``bucket_size`` elements (default
+            65,536) are updated together in flat buckets of at most that many elements
+            (bit-identical results, far fewer nodes and a much faster session set-up with many
+            parameters; see :class:`passes.adamax.AdaMaxPass` and ``benchmarks/README.md``).
+            0: every parameter gets its own update nodes.
         chunk_size: 0 (default): a large parameter is updated by whole-tensor ops. N > 0:
             float32 parameters of at least 8 chunks are updated by a ``Scan`` over chunks of
             about N elements, so the update's intermediates stay in cache (bit-identical).
+            Their ``.updated`` outputs (parameter, m, v) are then in chunk layout
+            ``[rows, chunk]``; :class:`TrainingSession` binds them to the same buffers, and
+            another runtime must reshape them before feeding them back.
 
     Raises:
         LoweringError: ``portable=True`` and some op has no standard lowering (the message
@@ -311,7 +315,7 @@ def build_optimizer_model(
     optimizer: AdaMax,
     params: Mapping[str, np.ndarray],
     skip_nonfinite: bool = False,
-    bucket_size: int = 0,
+    bucket_size: int = DEFAULT_BUCKET_SIZE,
     chunk_size: int = 0,
 ) -> onnx.ModelProto:
     """A standalone optimizer model: inputs ``p_grad`` (+ parameters and state), outputs updates.

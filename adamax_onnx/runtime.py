@@ -66,6 +66,26 @@ def _device_of(providers: Sequence[Any]) -> tuple[str, int]:
     return "cpu", 0
 
 
+def _chunk_layouts(model: onnx.ModelProto, state: Sequence[str]) -> dict[str, list[int]]:
+    """State inputs whose ``.updated`` output has another static shape of the same size."""
+    shapes = {}
+    for vi in list(model.graph.input) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if all(d.HasField("dim_value") for d in dims):
+            shapes[vi.name] = [d.dim_value for d in dims]
+    out = {}
+    for name in state:
+        src, dst = shapes.get(name), shapes.get(updated(name))
+        if src is not None and dst is not None and src != dst:
+            if int(np.prod(src)) != int(np.prod(dst)):
+                raise ModelError(
+                    f"output {updated(name)!r} has shape {dst}, input {name!r} has {src}: "
+                    "not the same number of elements"
+                )
+            out[name] = dst
+    return out
+
+
 def _without_initializers(model: onnx.ModelProto, names: set[str]) -> bytes:
     """``model`` serialized without the initializers in ``names`` (nothing large is copied).
 
@@ -178,6 +198,9 @@ class TrainingSession:
         self._overflow_buffer: ort.OrtValue | None = None
         if contract.overflow:
             self._overflow_buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.bool_))
+        # Outputs of parameters updated chunk by chunk (built with chunk_size) are declared in
+        # chunk layout [rows, chunk]: the same buffer is bound with that shape (no copy).
+        self._layout = _chunk_layouts(self.model, self._state_names)
         self._bindings = [self._prepare_binding(0), self._prepare_binding(1)]
         self._cur = 0
         self._global_step = int(numpy_helper.to_array(defaults[GLOBAL_STEP]))
@@ -198,9 +221,21 @@ class TrainingSession:
 
     def _prepare_binding(self, src: int) -> ort.IOBinding:
         binding = self.session.io_binding()
+        layout = self._layout
         for name in self._state_names:
             binding.bind_ortvalue_input(name, self._buffers[src][name])
-            binding.bind_ortvalue_output(updated(name), self._buffers[1 - src][name])
+            target = self._buffers[1 - src][name]
+            if name in layout:
+                binding.bind_output(
+                    updated(name),
+                    self._device,
+                    self._device_id,
+                    _ORT_TYPES[target.data_type()],
+                    layout[name],
+                    target.data_ptr(),
+                )
+            else:
+                binding.bind_ortvalue_output(updated(name), target)
         for name, value in self._lr_values.items():
             binding.bind_ortvalue_input(name, value)
         if self.contract.loss:

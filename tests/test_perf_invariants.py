@@ -83,8 +83,15 @@ def test_exactly_one_run_per_step(kind):
     assert counter.calls == Counter({"run_with_iobinding": 5})
 
 
-def test_updates_land_in_the_two_preallocated_buffer_sets():
-    sess, feeds = _mlp_session()
+@pytest.mark.parametrize(
+    "build", [{}, {"bucket_size": 0, "chunk_size": 32}], ids=["default", "chunk_layout"]
+)
+def test_updates_land_in_the_two_preallocated_buffer_sets(build):
+    # chunk_layout: W1 (16 x 32) and W2 are updated by a Scan whose outputs are declared
+    # [rows, 32]; they must still be written into the same parameter-shaped buffers.
+    sess, feeds = _mlp_session(**build)
+    if build:
+        assert sess._layout and all(len(shape) == 2 for shape in sess._layout.values())
     names = sess.contract.state_inputs()
     values = [dict(buf) for buf in sess._buffers]  # the OrtValue objects themselves
     ptrs = [{n: buf[n].data_ptr() for n in names} for buf in sess._buffers]
@@ -135,8 +142,9 @@ def test_no_parameter_sized_host_allocation_per_step():
     assert grown < 1024, f"resident memory grew by {grown} KiB over 20 steps"
 
 
-def _update_nodes(params, **opt_kwargs) -> int:
-    return len(ax.build_optimizer_model(ax.AdaMax(list(params), **opt_kwargs), params).graph.node)
+def _update_nodes(params, bucket_size=0, **opt_kwargs) -> int:
+    opt = ax.AdaMax(list(params), **opt_kwargs)
+    return len(ax.build_optimizer_model(opt, params, bucket_size=bucket_size).graph.node)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +160,12 @@ def test_update_nodes_per_float32_parameter(kwargs, per_param):
     small = _params([(4, 3)] * 3)
     large = _params([(4, 3)] * 8)
     assert (_update_nodes(large, **kwargs) - _update_nodes(small, **kwargs)) == 5 * per_param
+    # Bucketed (the default): the 10 ApplyAdaMax nodes run once per bucket; a further small
+    # parameter adds its weight-decay/unscale nodes, 4 Reshapes in and 3 out.
+    bucketed = _update_nodes(large, bucket_size=4096, **kwargs) - _update_nodes(
+        small, bucket_size=4096, **kwargs
+    )
+    assert bucketed == 5 * (per_param - 10 + 7)
 
 
 def test_bias_corrected_lr_once_per_group():
@@ -160,11 +174,14 @@ def test_bias_corrected_lr_once_per_group():
     opt = ax.AdaMax(
         [{"params": names[:4], "lr": 0.01}, {"params": names[4:], "lr": 0.02}],
     )
-    model = ax.build_optimizer_model(opt, params)
+    model = ax.build_optimizer_model(opt, params, bucket_size=0)
     divs = [n for n in model.graph.node if n.op_type == "Div"]
     # One m/(v+eps) per parameter, one lr/(1-beta1_power) per group; nothing else divides.
     assert len(divs) == len(params) + 2
     assert sum("lr_bias_corrected" in n.name for n in divs) == 2
+    # Bucketed (the default): one m/(v+eps) per bucket, here one bucket per group.
+    divs = [n for n in ax.build_optimizer_model(opt, params).graph.node if n.op_type == "Div"]
+    assert len(divs) == 2 + 2
 
 
 def _run_optimizer(params, opt_kwargs, steps, **build):
@@ -186,7 +203,7 @@ def test_bucketed_update_matches_reference_with_far_fewer_nodes(opt_kwargs):
     params = _params(shapes)
     params["bn.gamma"] = np.ones(5, np.float32)  # not decayed (MindSpore's name filter)
     bucket = 128  # (300,) is larger: updated on its own
-    plain = ax.build_optimizer_model(ax.AdaMax(list(params), **opt_kwargs), params)
+    plain = ax.build_optimizer_model(ax.AdaMax(list(params), **opt_kwargs), params, bucket_size=0)
     packed = ax.build_optimizer_model(
         ax.AdaMax(list(params), **opt_kwargs), params, bucket_size=bucket
     )
@@ -204,7 +221,7 @@ def test_bucketed_update_matches_reference_with_far_fewer_nodes(opt_kwargs):
         np.testing.assert_allclose(state["v"][k], ref.v[k], rtol=1e-5, atol=1e-6, err_msg=k)
         assert w.shape == params[k].shape
     # The same float32 ops on the same values: bit-identical to the per-parameter graph.
-    unpacked = _run_optimizer(params, opt_kwargs, steps)
+    unpacked = _run_optimizer(params, opt_kwargs, steps, bucket_size=0)
     for k, w in unpacked.parameters().items():
         np.testing.assert_array_equal(got.parameters()[k], w, err_msg=k)
 
@@ -216,13 +233,19 @@ def test_bucketed_update_matches_reference_with_far_fewer_nodes(opt_kwargs):
 )
 def test_chunked_update_matches_reference(opt_kwargs):
     params = _params([(64, 100), (3000,), (7, 7)])  # 6400 and 3000 elements: chunked
-    chunked = ax.build_optimizer_model(
-        ax.AdaMax(list(params), **opt_kwargs), params, chunk_size=256
-    )
+    build = {"bucket_size": 0, "chunk_size": 256}
+    chunked = ax.build_optimizer_model(ax.AdaMax(list(params), **opt_kwargs), params, **build)
     scans = [n for n in chunked.graph.node if n.op_type == "Scan"]
     assert len(scans) == 2 and {n.domain for n in chunked.graph.node} <= {""}
+    # The Scan outputs are the graph outputs, in chunk layout: 6400 = 25 x 256, 3000 = 12 x 250.
+    dims = {
+        o.name: [d.dim_value for d in o.type.tensor_type.shape.dim] for o in chunked.graph.output
+    }
+    for p, layout in (("p0", [25, 256]), ("p1", [12, 250]), ("p2", [7, 7])):
+        for name in (p, f"{p}.adamax.m", f"{p}.adamax.v"):
+            assert dims[f"{name}.updated"] == layout, name
     steps = 5
-    got = _run_optimizer(params, opt_kwargs, steps, chunk_size=256)
+    got = _run_optimizer(params, opt_kwargs, steps, **build)
     ref = NumpyAdaMax(params, **opt_kwargs)
     for step in range(steps):
         ref.update({k[: -len("_grad")]: v for k, v in _grads(params, step).items()})
@@ -231,20 +254,22 @@ def test_chunked_update_matches_reference(opt_kwargs):
         np.testing.assert_allclose(w, ref.w[k], rtol=1e-5, atol=1e-6, err_msg=k)
         np.testing.assert_allclose(state["m"][k], ref.m[k], rtol=1e-5, atol=1e-6, err_msg=k)
         np.testing.assert_allclose(state["v"][k], ref.v[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    plain = _run_optimizer(params, opt_kwargs, steps)
+    plain = _run_optimizer(params, opt_kwargs, steps, bucket_size=0)
     for k, w in plain.parameters().items():
         np.testing.assert_array_equal(got.parameters()[k], w, err_msg=k)
+        assert got.parameters()[k].shape == params[k].shape
 
 
 def test_tuned_training_model_is_bit_identical():
     results = []
-    for build in ({}, {"bucket_size": 4096, "chunk_size": 32}):
+    for build in ({"bucket_size": 0}, {}, {"bucket_size": 0, "chunk_size": 32}):
         sess, feeds = _mlp_session(**build)
         for _ in range(5):
             sess.step(feeds)
         results.append(sess.parameters())
     for k in results[0]:
-        np.testing.assert_array_equal(results[0][k], results[1][k], err_msg=k)
+        for other in results[1:]:
+            np.testing.assert_array_equal(results[0][k], other[k], err_msg=k)
 
 
 def test_bucket_and_chunk_size_are_validated():
