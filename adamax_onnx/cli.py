@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from passes.adamax import DEFAULT_BUCKET_SIZE
+
 from . import __version__
 from .errors import AdamaxOnnxError
 
@@ -159,7 +161,15 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     kwargs.update(overrides)  # the config file's optimizer arguments win over the flags
     opt = AdaMax(params, **kwargs)
-    train = build_training_model(model, opt, loss=args.loss, label=args.label, output=args.output)
+    train = build_training_model(
+        model,
+        opt,
+        loss=args.loss,
+        label=args.label,
+        output=args.output,
+        bucket_size=args.bucket_size,
+        chunk_size=args.chunk_size,
+    )
     onnx.save(train, args.out)
     print(f"wrote {args.out}: {len(opt.param_names)} trained parameters, loss {args.loss!r}")
     return 0
@@ -315,6 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--eps", type=float, default=1e-8, help="default: 1e-8")
     b.add_argument("--weight-decay", type=float, default=0.0, help="default: 0.0")
     b.add_argument("--loss-scale", type=float, default=1.0, help="default: 1.0")
+    b.add_argument(
+        "--bucket-size",
+        type=int,
+        default=DEFAULT_BUCKET_SIZE,
+        help="float32 parameters with fewer elements are updated together in flat buckets "
+        f"(default: {DEFAULT_BUCKET_SIZE}; 0: each on its own)",
+    )
+    b.add_argument(
+        "--chunk-size",
+        type=int,
+        default=0,
+        help="update float32 parameters of >= 8 chunks by a Scan over chunks of about this "
+        "many elements, outputs in chunk layout (default: 0, off; e.g. 131072)",
+    )
     b.set_defaults(func=cmd_build)
 
     def runtime_args(p: argparse.ArgumentParser) -> None:

@@ -21,8 +21,9 @@ import numpy as np
 
 CASES = {
     "optimizer 1 x 16M": "opt16m",
+    "optimizer 1 x 16M, chunk_size=131072": "opt16m_chunked",
     "optimizer 2000 x 1K": "opt2000",
-    "optimizer 2000 x 1K, bucket_size=65536": "opt2000_bucketed",
+    "optimizer 2000 x 1K, bucket_size=0": "opt2000_unbucketed",
     "training MLP 64-2048-2048-10, batch 64": "mlp_wide",
 }
 
@@ -58,10 +59,12 @@ def probe(case: str) -> dict:
     rng = np.random.default_rng(0)
     feeds = None
     if case.startswith("opt"):
-        shapes = [(16 * 2**20,)] if case == "opt16m" else [(1024,)] * 2000
+        shapes = [(16 * 2**20,)] if case.startswith("opt16m") else [(1024,)] * 2000
         params = {f"p{i}": rng.standard_normal(s, dtype=np.float32) for i, s in enumerate(shapes)}
-        bucket = 65536 if case.endswith("bucketed") else 0
-        model = ax.build_optimizer_model(ax.AdaMax(list(params)), params, bucket_size=bucket)
+        build = {"bucket_size": 0} if case.endswith("unbucketed") else {}
+        if case.endswith("chunked"):
+            build["chunk_size"] = 131072
+        model = ax.build_optimizer_model(ax.AdaMax(list(params)), params, **build)
         grads = {
             f"{k}_grad": ort.OrtValue.ortvalue_from_numpy(
                 rng.standard_normal(v.shape, dtype=np.float32)

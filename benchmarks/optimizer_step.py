@@ -5,10 +5,12 @@ For each parameter set (one 16M tensor, 100 x 160K, 2,000 x 1K, the parameters o
 
 * ``adamax-onnx``: ``build_optimizer_model`` + ``TrainingSession.step()``, the gradients bound
   once as OrtValues with ``TrainingSession.bind_inputs`` (they are "already on the device"), so a
-  step is one ``run_with_iobinding``;
-* ``adamax-onnx tuned``: the same built with ``TUNED`` = ``bucket_size=65536`` (small
-  parameters updated together in flat buckets) and ``chunk_size=131072`` (large parameters
-  updated by a Scan over cache-sized chunks); both bit-identical to the default graph;
+  step is one ``run_with_iobinding``; the default graph packs parameters of fewer than 65,536
+  elements into flat buckets;
+* ``adamax-onnx tuned``: the same built with ``TUNED`` = ``chunk_size=131072`` (large
+  parameters updated by a Scan over cache-sized chunks, outputs in chunk layout);
+* ``adamax-onnx bucket_size=0``: every parameter updated by its own nodes (what bucketing
+  saves); all three are bit-identical;
 * ``torch foreach=False`` / ``torch foreach=True``: ``torch.optim.Adamax.step()`` with ``.grad``
   already set (eps is added before the max there, which does not change the memory traffic);
 * ``numpy``: a per-parameter loop of in-place numpy ufuncs with preallocated temporaries;
@@ -26,7 +28,9 @@ import numpy as np
 from .common import interleaved, ort_options
 
 #: Build options of the "adamax-onnx tuned" contender.
-TUNED = {"bucket_size": 65536, "chunk_size": 131072}
+TUNED = {"chunk_size": 131072}
+#: Build options of the "adamax-onnx bucket_size=0" contender.
+UNBUCKETED = {"bucket_size": 0}
 #: Bytes a float32 AdaMax update must move per parameter: read w, g, m, v; write w, m, v.
 BYTES_PER_PARAM = 28
 
@@ -172,11 +176,13 @@ def run(threads: int, quick: bool, log=print) -> list[dict]:
         grads = {k: rng.standard_normal(v.shape, dtype=np.float32) for k, v in params.items()}
         onnx_step, onnx_info = _onnx_contender(params, grads, threads, {})
         bucket_step, bucket_info = _onnx_contender(params, grads, threads, TUNED)
+        flat_step, flat_info = _onnx_contender(params, grads, threads, UNBUCKETED)
         torch_step, torch_keep = _torch_contender(params, grads, foreach=False)
         torch_fe_step, torch_fe_keep = _torch_contender(params, grads, foreach=True)
         contenders = {
             "adamax-onnx": onnx_step,
             "adamax-onnx tuned": bucket_step,
+            "adamax-onnx bucket_size=0": flat_step,
             "torch foreach=False": torch_step,
             "torch foreach=True": torch_fe_step,
             "numpy": _numpy_contender(params, grads),
@@ -195,10 +201,12 @@ def run(threads: int, quick: bool, log=print) -> list[dict]:
             "nodes": {
                 "adamax-onnx": onnx_info["nodes"],
                 "adamax-onnx tuned": bucket_info["nodes"],
+                "adamax-onnx bucket_size=0": flat_info["nodes"],
             },
             "session_setup_s": {
                 "adamax-onnx": round(onnx_info["setup_s"], 3),
                 "adamax-onnx tuned": round(bucket_info["setup_s"], 3),
+                "adamax-onnx bucket_size=0": round(flat_info["setup_s"], 3),
             },
             "bandwidth": bw,
             "floor_1t_ms": round(floor_1t, 4),
@@ -217,5 +225,5 @@ def run(threads: int, quick: bool, log=print) -> list[dict]:
             + "  ".join(f"{k}={v.median:.2f}ms" for k, v in t.items())
             + f"  floor={floor_mt:.2f}ms"
         )
-        del onnx_info, bucket_info, torch_keep, torch_fe_keep, contenders
+        del onnx_info, bucket_info, flat_info, torch_keep, torch_fe_keep, contenders
     return records

@@ -6,7 +6,7 @@ networks are built layer for layer with the same initial weights; both use cross
 and AdaMax(lr=1e-3), the same number of threads, and take the batch from host memory each step.
 
 adamax-onnx contenders: the default (portable) training model; ``tuned`` (built with
-``optimizer_step.TUNED``: ``bucket_size`` and ``chunk_size``);
+``optimizer_step.TUNED``: ``chunk_size``);
 ``portable=False`` (the onnxruntime-training form, with fused ``com.microsoft`` gradient ops).
 A PyTorch step is ``zero_grad(set_to_none=True)``, forward, loss, ``backward()``, ``step()``,
 ``loss.item()``. As a check that the two sides train the same network, both are run 20 steps

@@ -120,3 +120,32 @@ def test_help_is_complete(command, capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     assert "usage: adamax-onnx " + command in text and "--" in text
+
+
+def test_build_layout_options_train_bit_identically(workdir, capsys):
+    """--bucket-size/--chunk-size change the update graph, not the numbers."""
+    import adamax_onnx as ax
+
+    d = workdir
+    variants = {
+        "default": [],
+        "chunked": ["--bucket-size", "0", "--chunk-size", "64"],
+    }
+    params = {}
+    for name, flags in variants.items():
+        out = d / f"{name}.onnx"
+        assert main(["build", str(d / "mlp.onnx"), "-o", str(out), "--lr", "0.01", *flags]) == 0
+        ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+        # default: small parameters packed into buckets (Concat); chunked: Scans, no buckets
+        assert ("Scan" in ops, "Concat" in ops) == ((True, False) if flags else (False, True))
+        ckpt = d / f"{name}.ckpt"
+        args = ["train", str(out), "--data", str(d / "train.npz"), "--checkpoint", str(ckpt)]
+        assert main([*args, "--epochs", "1", "--quiet"]) == 0
+        sess = ax.TrainingSession(str(out))
+        sess.load_checkpoint(ckpt)
+        params[name] = sess.parameters()
+    for k, w in params["default"].items():
+        np.testing.assert_array_equal(params["chunked"][k], w, err_msg=k)
+    capsys.readouterr()
+    assert main(["build", str(d / "mlp.onnx"), "-o", str(d / "x.onnx"), "--chunk-size", "-1"]) == 2
+    assert "chunk_size must be an int >= 0" in capsys.readouterr().err
