@@ -180,9 +180,13 @@ class TrainingSession:
             raise ModelError(f"built model lacks initial values for state input(s) {missing}")
         self._buffers: list[dict[str, ort.OrtValue]] = [{}, {}]
         for name in self._state_names:
-            arr = numpy_helper.to_array(defaults[name])
-            for buf in self._buffers:
-                buf[name] = self._ortvalue(arr)
+            # At most two copies of a tensor exist at once (the bytes read from the model are
+            # dropped before the second set is made): a lower peak while the session starts.
+            first = np.array(numpy_helper.to_array(defaults[name]), order="C", copy=True)
+            second = first.copy()
+            for buf, arr in zip(self._buffers, (first, second), strict=True):
+                buf[name] = ort.OrtValue.ortvalue_from_numpy(arr, self._device, self._device_id)
+            del first, second
         self._lr_values = {
             name: self._ortvalue(numpy_helper.to_array(defaults[name]))
             for name in contract.lr_inputs.values()
