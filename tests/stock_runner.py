@@ -4,7 +4,8 @@ Run by tests/test_portability.py with the interpreter of the second virtual envi
 (``.venv-stock``, made by scripts/stock_venv.sh), where onnxruntime is the ordinary package and
 adamax_onnx is not importable: this is what a user's deployment does. The binding follows the
 naming contract of passes/contract.py: every graph input ``X`` with an output ``X.updated`` is
-state fed back each step, its initial value the initializer of the same name; the batch inputs
+state fed back each step (reshaped to the input's shape: chunk layout), its initial value the
+initializer of the same name; the batch inputs
 and the loss output are read from the ``adamax_onnx.contract`` metadata.
 
     python tests/stock_runner.py JOB.json RESULT.json
@@ -99,7 +100,11 @@ def run_case(case: dict) -> dict:
             feeds.update({k: batches[f"{step}/{k}"] for k in contract["data_inputs"]})
             out = sess.run(fetch, feeds)
             losses.append(float(out[0]))
-            state = dict(zip(state_names, out[1:], strict=True))
+            # Outputs built with chunk_size are in chunk layout [rows, chunk]: same bytes, so a
+            # reshape (a view) gives the next step's input.
+            state = {
+                n: v.reshape(state[n].shape) for n, v in zip(state_names, out[1:], strict=True)
+            }
         result["seconds_per_step"] = (time.perf_counter() - start) / case["steps"]
         result["placement"], result["cpu_ops"] = _placement(sess.end_profiling())
     np.savez(case["out"], __losses__=np.array(losses), **state)

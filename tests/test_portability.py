@@ -132,6 +132,18 @@ def trained(stock_python, tmp_path_factory) -> dict:
         onnx.save(portable, work / f"{name}.onnx")
         _save_batches(work / f"{name}.npz", batches)
         jobs.append(_job(work, name, name, "cpu"))
+    # chunk_size: large-parameter outputs in chunk layout, which the runner reshapes back.
+    model, loss, _ = _cases()["mlp_relu_ce"]
+    chunked = ax.build_training_model(
+        model,
+        ax.AdaMax(ax.trainable_params(model), learning_rate=1e-2),
+        loss=loss,
+        bucket_size=0,
+        chunk_size=32,
+    )
+    assert any(n.op_type == "Scan" for n in chunked.graph.node)
+    onnx.save(chunked, work / "chunked.onnx")
+    jobs.append(dict(_job(work, "chunked", "mlp_relu_ce", "cpu"), model=str(work / "chunked.onnx")))
     # The unlowered model, to show that the stock build really refuses training-build ops.
     onnx.save(raw, work / "raw.onnx")
     jobs.append(
@@ -180,6 +192,18 @@ def test_stock_onnxruntime_trains_like_the_training_build(trained, name, record_
     for p, want in ref_params.items():
         np.testing.assert_allclose(final[p], want, rtol=RTOL, atol=ATOL, err_msg=f"{name}: {p}")
     assert int(final["adamax.global_step"]) == STEPS
+
+
+def test_stock_onnxruntime_trains_a_chunk_layout_model(trained):
+    final = _final(trained, "chunked")
+    ref_params, ref_losses = trained["refs"]["mlp_relu_ce"]
+    np.testing.assert_allclose(final["__losses__"], ref_losses, rtol=RTOL, atol=ATOL)
+    for p, want in ref_params.items():
+        assert final[p].shape == want.shape
+        np.testing.assert_allclose(final[p], want, rtol=RTOL, atol=ATOL, err_msg=p)
+    # bit-identical to the default (bucketed) portable model run the same way
+    for p, got in _final(trained, "mlp_relu_ce").items():
+        np.testing.assert_array_equal(final[p], got, err_msg=p)
 
 
 def test_stock_onnxruntime_refuses_the_unlowered_model(trained):
