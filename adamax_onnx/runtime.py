@@ -26,6 +26,7 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from passes.chunking import DEFAULT_CHUNK_SIZE, ChunkUpdates
 from passes.contract import (
     BETA1_POWER,
     GLOBAL_STEP,
@@ -66,6 +67,16 @@ def _device_of(providers: Sequence[Any]) -> tuple[str, int]:
     return "cpu", 0
 
 
+def default_chunk_size(providers: Sequence[Any]) -> int:
+    """``DEFAULT_CHUNK_SIZE`` when every provider is onnxruntime's CPU provider, else 0.
+
+    On the CPU a chunk stays in cache between the update's ten elementwise ops; on a GPU the
+    whole-tensor kernels are already bandwidth-bound and a Scan would add per-chunk launches.
+    """
+    names = [p[0] if isinstance(p, tuple) else p for p in providers]
+    return DEFAULT_CHUNK_SIZE if all(n == "CPUExecutionProvider" for n in names) else 0
+
+
 def _chunk_layouts(model: onnx.ModelProto, state: Sequence[str]) -> dict[str, list[int]]:
     """State inputs whose ``.updated`` output has another static shape of the same size."""
     shapes = {}
@@ -86,8 +97,8 @@ def _chunk_layouts(model: onnx.ModelProto, state: Sequence[str]) -> dict[str, li
     return out
 
 
-def _without_initializers(model: onnx.ModelProto, names: set[str]) -> bytes:
-    """``model`` serialized without the initializers in ``names`` (nothing large is copied).
+def _without_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """``model`` without the initializers in ``names`` (nothing large is copied).
 
     Only what onnxruntime reads is kept: opsets, functions, IR version and the graph's nodes,
     inputs, outputs, value_info and remaining initializers (metadata is left out).
@@ -105,7 +116,7 @@ def _without_initializers(model: onnx.ModelProto, names: set[str]) -> bytes:
     dst.value_info.extend(src.value_info)
     dst.initializer.extend(i for i in src.initializer if i.name not in names)
     dst.sparse_initializer.extend(src.sparse_initializer)
-    return light.SerializeToString()
+    return light
 
 
 class TrainingSession:
@@ -115,6 +126,11 @@ class TrainingSession:
         model: the built model (ModelProto, path or bytes).
         providers: onnxruntime execution providers (default: CPU).
         sess_options: an ``onnxruntime.SessionOptions`` (threads, optimization level).
+        chunk_size: the session runs the update of each float32 parameter of at least
+            8 chunks as a ``Scan`` over cache-sized chunks of about this many elements
+            (:class:`passes.chunking.ChunkUpdates`; bit-identical, one memory pass instead of
+            ten; the model itself is not changed). None (default): 131,072 when every
+            provider is the CPU provider, else 0 (off: on a GPU, whole-tensor kernels win).
 
     Example:
         >>> sess = TrainingSession(train_model)
@@ -126,6 +142,7 @@ class TrainingSession:
         model: onnx.ModelProto | str | os.PathLike | bytes,
         providers: Sequence[Any] | None = None,
         sess_options: ort.SessionOptions | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         from .api import load_model
 
@@ -165,8 +182,16 @@ class TrainingSession:
         # session gets the model without their initial values: onnxruntime then keeps no third
         # copy of them, and no full-size serialized model exists even transiently.
         always_bound = set(contract.state_inputs()) | set(contract.lr_inputs.values())
+        runnable = _without_initializers(self.model, always_bound)
+        if chunk_size is None:
+            chunk_size = default_chunk_size(self.providers)
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
+            raise ValueError(f"chunk_size must be an int >= 0 or None, got {chunk_size!r}")
+        self.chunk_size = chunk_size
+        if chunk_size:
+            runnable = ChunkUpdates(contract.params, chunk_size)(runnable).model
         self.session = ort.InferenceSession(
-            _without_initializers(self.model, always_bound),
+            runnable.SerializeToString(),
             sess_options=sess_options,
             providers=self.providers,
         )
@@ -202,9 +227,10 @@ class TrainingSession:
         self._overflow_buffer: ort.OrtValue | None = None
         if contract.overflow:
             self._overflow_buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.bool_))
-        # Outputs of parameters updated chunk by chunk (built with chunk_size) are declared in
-        # chunk layout [rows, chunk]: the same buffer is bound with that shape (no copy).
-        self._layout = _chunk_layouts(self.model, self._state_names)
+        # Outputs of parameters updated chunk by chunk (chunk_size) are declared in chunk
+        # layout [rows, chunk]: the same buffer is bound with that shape (no copy).
+        self._layout = _chunk_layouts(runnable, self._state_names)
+        del runnable
         self._bindings = [self._prepare_binding(0), self._prepare_binding(1)]
         self._cur = 0
         self._global_step = int(numpy_helper.to_array(defaults[GLOBAL_STEP]))
