@@ -3,14 +3,13 @@
 For each parameter set (one 16M tensor, 100 x 160K, 2,000 x 1K, the parameters of the models in
 ``models/``) it times, interleaved in one process:
 
-* ``adamax-onnx``: ``build_optimizer_model`` + ``TrainingSession.step()``, the gradients bound
-  once as OrtValues with ``TrainingSession.bind_inputs`` (they are "already on the device"), so a
-  step is one ``run_with_iobinding``; the default graph packs parameters of fewer than 65,536
-  elements into flat buckets;
-* ``adamax-onnx tuned``: the same built with ``TUNED`` = ``chunk_size=131072`` (large
-  parameters updated by a Scan over cache-sized chunks, outputs in chunk layout);
-* ``adamax-onnx bucket_size=0``: every parameter updated by its own nodes (what bucketing
-  saves); all three are bit-identical;
+* ``adamax-onnx``: ``build_optimizer_model`` + ``TrainingSession.step()`` with the defaults, the
+  gradients bound once as OrtValues with ``TrainingSession.bind_inputs`` (they are "already on
+  the device"), so a step is one ``run_with_iobinding``. The built graph packs parameters of
+  fewer than 65,536 elements into flat buckets; the session runs the update of parameters of at
+  least 8 x 65,536 elements as a Scan over chunks of 131,072 (CPU provider);
+* ``adamax-onnx chunk_size=0`` / ``adamax-onnx bucket_size=0``: the same with one of the two
+  turned off, to show what each buys (``VARIANTS``); all three are bit-identical;
 * ``torch foreach=False`` / ``torch foreach=True``: ``torch.optim.Adamax.step()`` with ``.grad``
   already set (eps is added before the max there, which does not change the memory traffic);
 * ``numpy``: a per-parameter loop of in-place numpy ufuncs with preallocated temporaries;
@@ -27,10 +26,12 @@ import numpy as np
 
 from .common import interleaved, ort_options
 
-#: Build options of the "adamax-onnx tuned" contender.
-TUNED = {"chunk_size": 131072}
-#: Build options of the "adamax-onnx bucket_size=0" contender.
-UNBUCKETED = {"bucket_size": 0}
+#: adamax-onnx contenders: name -> (build_optimizer_model options, TrainingSession options).
+VARIANTS = {
+    "adamax-onnx": ({}, {}),
+    "adamax-onnx chunk_size=0": ({}, {"chunk_size": 0}),
+    "adamax-onnx bucket_size=0": ({"bucket_size": 0}, {}),
+}
 #: Bytes a float32 AdaMax update must move per parameter: read w, g, m, v; write w, m, v.
 BYTES_PER_PARAM = 28
 
@@ -67,7 +68,7 @@ def parameter_sets() -> dict[str, list[tuple[int, ...]]]:
 
 
 # -- contenders ------------------------------------------------------------------------------
-def _onnx_contender(params: dict, grads: dict, threads: int, build: dict):
+def _onnx_contender(params: dict, grads: dict, threads: int, build: dict, session: dict):
     import onnxruntime as ort
 
     import adamax_onnx as ax
@@ -76,7 +77,7 @@ def _onnx_contender(params: dict, grads: dict, threads: int, build: dict):
     model = ax.build_optimizer_model(opt, params, **build)
     nodes = len(model.graph.node)
     t0 = time.perf_counter()
-    sess = ax.TrainingSession(model, sess_options=ort_options(threads, optimize=False))
+    sess = ax.TrainingSession(model, sess_options=ort_options(threads, optimize=False), **session)
     setup_s = time.perf_counter() - t0
     del model
     bound = {f"{k}_grad": ort.OrtValue.ortvalue_from_numpy(g) for k, g in grads.items()}
@@ -174,15 +175,14 @@ def run(threads: int, quick: bool, log=print) -> list[dict]:
         n = int(sum(int(np.prod(s)) for s in shapes))
         params = {f"p{i}": rng.standard_normal(s, dtype=np.float32) for i, s in enumerate(shapes)}
         grads = {k: rng.standard_normal(v.shape, dtype=np.float32) for k, v in params.items()}
-        onnx_step, onnx_info = _onnx_contender(params, grads, threads, {})
-        bucket_step, bucket_info = _onnx_contender(params, grads, threads, TUNED)
-        flat_step, flat_info = _onnx_contender(params, grads, threads, UNBUCKETED)
+        onnx = {
+            name: _onnx_contender(params, grads, threads, build, session)
+            for name, (build, session) in VARIANTS.items()
+        }
         torch_step, torch_keep = _torch_contender(params, grads, foreach=False)
         torch_fe_step, torch_fe_keep = _torch_contender(params, grads, foreach=True)
         contenders = {
-            "adamax-onnx": onnx_step,
-            "adamax-onnx tuned": bucket_step,
-            "adamax-onnx bucket_size=0": flat_step,
+            **{name: step for name, (step, _) in onnx.items()},
             "torch foreach=False": torch_step,
             "torch foreach=True": torch_fe_step,
             "numpy": _numpy_contender(params, grads),
@@ -198,15 +198,9 @@ def run(threads: int, quick: bool, log=print) -> list[dict]:
             "tensors": len(shapes),
             "elements": n,
             "timings": {k: v.as_dict() for k, v in t.items()},
-            "nodes": {
-                "adamax-onnx": onnx_info["nodes"],
-                "adamax-onnx tuned": bucket_info["nodes"],
-                "adamax-onnx bucket_size=0": flat_info["nodes"],
-            },
+            "nodes": {name: info["nodes"] for name, (_, info) in onnx.items()},
             "session_setup_s": {
-                "adamax-onnx": round(onnx_info["setup_s"], 3),
-                "adamax-onnx tuned": round(bucket_info["setup_s"], 3),
-                "adamax-onnx bucket_size=0": round(flat_info["setup_s"], 3),
+                name: round(info["setup_s"], 3) for name, (_, info) in onnx.items()
             },
             "bandwidth": bw,
             "floor_1t_ms": round(floor_1t, 4),
@@ -225,5 +219,5 @@ def run(threads: int, quick: bool, log=print) -> list[dict]:
             + "  ".join(f"{k}={v.median:.2f}ms" for k, v in t.items())
             + f"  floor={floor_mt:.2f}ms"
         )
-        del onnx_info, bucket_info, flat_info, torch_keep, torch_fe_keep, contenders
+        del onnx, torch_keep, torch_fe_keep, contenders
     return records
