@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from passes.adamax import DEFAULT_BUCKET_SIZE, AdaMaxPass
 from passes.batchnorm import BatchNormError, DecomposeBatchNorm
 from passes.builder import IR_VERSION, OPSET
+from passes.chunking import ChunkUpdates
 from passes.contract import Contract, grad_name, lr_input_name, write_contract
 from passes.gradients import BuildGradients, GradientBuilder, GradientBuildError
 from passes.inference import embed_inference_graph
@@ -253,12 +254,12 @@ def build_training_model(
             (bit-identical results, far fewer nodes and a much faster session set-up with many
             parameters; see :class:`passes.adamax.AdaMaxPass` and ``benchmarks/README.md``).
             0: every parameter gets its own update nodes.
-        chunk_size: 0 (default): a large parameter is updated by whole-tensor ops. N > 0:
-            float32 parameters of at least 8 chunks are updated by a ``Scan`` over chunks of
-            about N elements, so the update's intermediates stay in cache (bit-identical).
-            Their ``.updated`` outputs (parameter, m, v) are then in chunk layout
-            ``[rows, chunk]``; :class:`TrainingSession` binds them to the same buffers, and
-            another runtime must reshape them before feeding them back.
+        chunk_size: 0 (default): the file keeps whole-tensor updates, and
+            :class:`TrainingSession` chunks large ones itself when it runs on the CPU. N > 0:
+            the update of each parameter of at least 8 chunks is written into the file as a
+            ``Scan`` over chunks of about N elements (:class:`passes.chunking.ChunkUpdates`,
+            bit-identical), its ``.updated`` outputs (parameter, m, v) in chunk layout
+            ``[rows, chunk]``: another runtime must reshape them before feeding them back.
 
     Raises:
         LoweringError: ``portable=True`` and some op has no standard lowering (the message
@@ -273,6 +274,7 @@ def build_training_model(
     model = load_model(model)
     if not isinstance(optimizer, AdaMax):
         raise TypeError(f"optimizer must be an adamax_onnx.AdaMax, got {type(optimizer).__name__}")
+    chunker = ChunkUpdates(optimizer.param_names, chunk_size)  # checks chunk_size up front
     inits = _check_params(model, optimizer)
     model_inputs = [i.name for i in model.graph.input if i.name not in inits]
     model_outputs = [o.name for o in model.graph.output]
@@ -291,7 +293,7 @@ def build_training_model(
         )(with_loss).model
     except GradientBuildError as exc:
         raise GradientError(str(exc)) from exc
-    train = AdaMaxPass(optimizer, bucket_size=bucket_size, chunk_size=chunk_size)(grads).model
+    train = AdaMaxPass(optimizer, bucket_size=bucket_size)(grads).model
     train, guard = apply_guard(
         train, optimizer.param_names, loss_name, skip_nonfinite, loss_scale_manager
     )
@@ -303,6 +305,8 @@ def build_training_model(
                 f"{exc}. Build with portable=False to keep the onnxruntime-training form "
                 "(it runs only on onnxruntime-training)"
             ) from exc
+    if chunk_size:  # last: the chunked regions include the guard's Where nodes
+        train = chunker(train).model
     data_inputs = model_inputs + ([label] if loss in ("cross_entropy", "mse") else [])
     contract = _contract("training", optimizer, data_inputs, loss_name, model_inputs, model_outputs)
     guard.annotate(contract)
@@ -331,6 +335,7 @@ def build_optimizer_model(
     """
     if not isinstance(optimizer, AdaMax):
         raise TypeError(f"optimizer must be an adamax_onnx.AdaMax, got {type(optimizer).__name__}")
+    chunker = ChunkUpdates(optimizer.param_names, chunk_size)  # checks chunk_size up front
     missing = [n for n in optimizer.param_names if n not in params]
     if missing:
         raise ModelError(f"no initial value given for parameter(s) {missing}")
@@ -355,8 +360,10 @@ def build_optimizer_model(
         ir_version=IR_VERSION,
         producer_name="adamax-onnx",
     )
-    model = AdaMaxPass(optimizer, bucket_size=bucket_size, chunk_size=chunk_size)(model).model
+    model = AdaMaxPass(optimizer, bucket_size=bucket_size)(model).model
     model, guard = apply_guard(model, optimizer.param_names, None, skip_nonfinite, None)
+    if chunk_size:
+        model = chunker(model).model
     contract = _contract(
         "optimizer", optimizer, [grad_name(n) for n in optimizer.param_names], None, [], []
     )

@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--chunk-size",
         type=int,
         default=0,
-        help="update float32 parameters of >= 8 chunks by a Scan over chunks of about this "
-        "many elements, outputs in chunk layout (default: 0, off; e.g. 131072)",
+        help="write the update of parameters of >= 8 chunks into the file as a Scan over "
+        "chunks of about this many elements, outputs in chunk layout (default: 0: the file "
+        "keeps whole-tensor updates; 'train' chunks them on the CPU anyway)",
     )
     b.set_defaults(func=cmd_build)
 

@@ -128,8 +128,9 @@ class TrainingSession:
         sess_options: an ``onnxruntime.SessionOptions`` (threads, optimization level).
         chunk_size: the session runs the update of each float32 parameter of at least
             8 chunks as a ``Scan`` over cache-sized chunks of about this many elements
-            (:class:`passes.chunking.ChunkUpdates`; bit-identical, one memory pass instead of
-            ten; the model itself is not changed). None (default): 131,072 when every
+            (:class:`passes.chunking.ChunkUpdates`; bit-identical: w, m, v and the gradient
+            are read once and the results written once, instead of ten whole-tensor passes;
+            the model itself is not changed). None (default): 131,072 when every
             provider is the CPU provider, else 0 (off: on a GPU, whole-tensor kernels win).
 
     Example:

@@ -78,25 +78,17 @@ class AdaMaxPass(GraphPass):
             with its own nodes. A positive number packs float32 parameters with fewer elements
             than that, of one group, into flat buckets of at most ``bucket_size`` elements:
             their ApplyAdaMax stage then runs once per bucket (Concat of w, m, v and gradient,
-            the same elementwise ops, Split back) instead of once per parameter. Results are bit-identical (the same elementwise
-            float32 ops on the same values); it pays off when many small parameters make
-            per-node overhead dominate (see ``benchmarks/README.md``).
-        chunk_size: 0 (default) updates a large parameter with 10 whole-tensor elementwise ops,
-            each a full pass over memory. A positive number updates float32 parameters of at
-            least 8 chunks with a ``Scan`` over chunks of about ``chunk_size`` elements (a
-            divisor of the element count between half and twice ``chunk_size``; none: not
-            chunked): the 10 ops then run on cache-resident chunks, and only the reads of
-            w, m, v, g and the writes of w', m', v' touch memory. Results are bit-identical.
-            The ``.updated`` outputs of a chunked parameter and its m and v are in chunk
-            layout ``[numel/chunk, chunk]`` (the same bytes in the same order; reshaping them
-            to the parameter's shape would cost a copy).
+            the same elementwise ops, Split back) instead of once per parameter. Results are
+            bit-identical (the same elementwise float32 ops on the same values); it pays off
+            when many small parameters make per-node overhead dominate (see
+            ``benchmarks/README.md``).
 
     Guarantees afterwards: inputs ``p.adamax.m``/``p.adamax.v`` (parameter dtype and shape),
     ``adamax.global_step`` (int64 scalar), ``adamax.beta1_power`` (float32 scalar) and one
     ``adamax.lr.group<g>`` float32 scalar per group with a fixed learning rate, each with an
     initializer holding its initial value (zeros, 0, 1, the learning rate); outputs
-    ``<input>.updated`` for every parameter and state input, of the input's shape except
-    in chunk layout (``chunk_size``).
+    ``<input>.updated`` for every parameter and state input, of the input's shape (a later
+    :class:`passes.chunking.ChunkUpdates` may put large ones in chunk layout).
     """
 
     def __init__(
@@ -104,15 +96,12 @@ class AdaMaxPass(GraphPass):
         optimizer: Any,
         drop_gradient_outputs: bool = True,
         bucket_size: int = DEFAULT_BUCKET_SIZE,
-        chunk_size: int = 0,
     ) -> None:
-        for arg, value in (("bucket_size", bucket_size), ("chunk_size", chunk_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"AdaMax pass: {arg} must be an int >= 0, got {value!r}")
+        if isinstance(bucket_size, bool) or not isinstance(bucket_size, int) or bucket_size < 0:
+            raise ValueError(f"AdaMax pass: bucket_size must be an int >= 0, got {bucket_size!r}")
         self.opt = optimizer
         self.drop_gradient_outputs = drop_gradient_outputs
         self.bucket_size = bucket_size
-        self.chunk_size = chunk_size
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
@@ -232,7 +221,6 @@ class AdaMaxPass(GraphPass):
         # -- per-parameter update --------------------------------------------------------------
         # Bucketed parameters, per group: (name, dims, numel, w, m, v, grad) in float32.
         pending: dict[int, list[tuple[str, list, int, str, str, str, str]]] = {}
-        chunked: dict[str, list[int]] = {}  # outputs in chunk layout: name -> [rows, chunk]
         for cfg in self.opt.param_configs:
             p = cfg.name
             elem, dims = specs[p]
@@ -328,23 +316,6 @@ class AdaMaxPass(GraphPass):
                 g.reserve(updated(p))
                 new_outputs.append(helper.make_tensor_value_info(updated(p), elem, dims))
                 continue
-            chunk = _chunk_length(numel, self.chunk_size) if not cast_k else 0
-            if chunk:
-                g.reserve(updated(p))
-                for target in (m, v, p):
-                    chunked[updated(target)] = [numel // chunk, chunk]
-                _emit_chunked(
-                    g,
-                    p,
-                    dims,
-                    numel,
-                    chunk,
-                    (w_k, m_k, v_k, grad),
-                    lr_scaled[cfg.group],
-                    (beta1, beta2, eps),
-                )
-                new_outputs.append(helper.make_tensor_value_info(updated(p), elem, dims))
-                continue
 
             def out(name: str, _cast=cast_k) -> dict:
                 return {} if _cast else {"output": updated(name)}
@@ -368,14 +339,6 @@ class AdaMaxPass(GraphPass):
 
         for gi, members in pending.items():
             _emit_buckets(g, gi, members, lr_scaled[gi], (beta1, beta2, eps), self.bucket_size)
-        for vi in new_outputs:
-            if vi.name in chunked:
-                vi.CopyFrom(
-                    helper.make_tensor_value_info(
-                        vi.name, vi.type.tensor_type.elem_type, chunked[vi.name]
-                    )
-                )
-
         # -- splice into the graph -------------------------------------------------------------
         if self.drop_gradient_outputs:
             grads = {grad_name(c.name) for c in self.opt.param_configs}
@@ -503,67 +466,3 @@ def _emit_buckets(
                         f"{p}.adamax.{label}_unflat",
                         output=updated(target),
                     )
-
-
-def _chunk_length(numel: int, chunk_size: int) -> int:
-    """A divisor of ``numel`` in ``[chunk_size/2, 2*chunk_size]`` leaving >= 8 chunks, or 0.
-
-    Smaller parameters are left whole: their update is largely cache-resident already, and
-    the copy out of the Scan would cost more than it saves (measured: 100 x 160K got slower).
-    """
-    if chunk_size <= 0 or numel < 8 * (chunk_size // 2 or 1):
-        return 0
-    lo, hi = max(1, chunk_size // 2), min(2 * chunk_size, numel // 8)
-    for d in list(range(min(chunk_size, hi), lo - 1, -1)) + list(range(chunk_size + 1, hi + 1)):
-        if numel % d == 0:
-            return d
-    return 0
-
-
-def _emit_chunked(
-    g: GraphBuilder,
-    p: str,
-    dims: list,
-    numel: int,
-    chunk: int,
-    tensors: tuple[str, str, str, str],
-    lr: str,
-    hyper: tuple[np.float32, np.float32, np.float32],
-) -> None:
-    """ApplyAdaMax of one large float32 parameter as a ``Scan`` over cache-sized chunks.
-
-    w, m, v and the gradient are reshaped (no copy) to ``[numel/chunk, chunk]``; the Scan body
-    is :func:`_apply_adamax` on one row, so its intermediates stay in cache. The Scan's stacked
-    outputs are the graph outputs ``<name>.updated`` themselves, in chunk layout
-    ``[numel/chunk, chunk]``: a Reshape back to the parameter's shape would cost one more copy
-    of w, m and v into the bound outputs (measured 1 x 16M, 2 threads: 73 -> 50 ms without it).
-    """
-    prefix = f"{p}.adamax.chunked"
-    rows = g.const(np.array([numel // chunk, chunk], np.int64), np.int64, f"{prefix}.rows")
-    scanned = [
-        g.op("Reshape", [t, rows], f"{prefix}.{label}")
-        for t, label in zip(tensors, ("w", "m", "v", "grad"), strict=True)
-    ]
-    body = GraphBuilder()
-    body._taken = g._taken  # one namespace: body names never shadow outer ones
-    row_in = [body.unique(f"{prefix}.body.{label}") for label in ("w", "m", "v", "grad")]
-    m_row, v_row, w_row = _apply_adamax(body, f"{prefix}.body", *row_in, lr, hyper, ({}, {}, {}))
-    f32 = TensorProto.FLOAT
-    graph = helper.make_graph(
-        body.nodes,
-        f"{prefix}.body",
-        [helper.make_tensor_value_info(n, f32, [chunk]) for n in row_in],
-        [helper.make_tensor_value_info(n, f32, [chunk]) for n in (m_row, v_row, w_row)],
-        body.initializers,
-    )
-    stacked = [updated(target) for target in (m_name(p), v_name(p), p)]
-    g.nodes.append(
-        helper.make_node(
-            "Scan",
-            scanned,
-            stacked,
-            name=g.unique(f"{prefix}/Scan"),
-            body=graph,
-            num_scan_inputs=4,
-        )
-    )

@@ -126,16 +126,23 @@ def test_training_model_with_guard_and_centralization_is_bit_identical():
     chunked, plain = _session_pair(train)
     # fc1.weight [64, 32] runs as [32, 64]; fc2.weight [16, 64] as [16, 64] (same shape)
     assert chunked._layout["fc1.weight"] == [32, 64] and "fc2.weight" not in chunked._layout
+    # The same rewrite baked into the file at build time (applied after the guard).
+    baked_model = ax.build_training_model(
+        model, opt, bucket_size=0, skip_nonfinite=True, chunk_size=64
+    )
+    assert sum(n.op_type == "Scan" for n in baked_model.graph.node) == 2
+    baked = ax.TrainingSession(baked_model, chunk_size=0)
     rng = np.random.default_rng(0)
     for step in range(4):
         x = rng.standard_normal((8, 32)).astype(np.float32)
         if step == 2:
-            x[0, 0] = np.nan  # a skipped step: both sessions keep their state
+            x[0, 0] = np.nan  # a skipped step: every session keeps its state
         feeds = {"input": x, "labels": rng.integers(0, 16, 8).astype(np.int64)}
-        la, lb = chunked.step(feeds), plain.step(feeds)
-        assert (np.isnan(la) and np.isnan(lb)) or la == lb
-        assert chunked.last_overflow == plain.last_overflow == (step == 2)
+        losses = [s.step(feeds) for s in (chunked, plain, baked)]
+        assert all(np.isnan(v) for v in losses) or len(set(losses)) == 1
+        assert chunked.last_overflow == plain.last_overflow == baked.last_overflow == (step == 2)
     _assert_same(chunked, plain)
+    _assert_same(baked, plain)
 
 
 def test_regions_that_are_not_elementwise_are_left_alone():
