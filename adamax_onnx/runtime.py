@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,8 @@ class TrainingSession:
             are read once and the results written once, instead of ten whole-tensor passes;
             the model itself is not changed). None (default): 131,072 when every
             provider is the CPU provider, else 0 (off: on a GPU, whole-tensor kernels win).
+            Should onnxruntime refuse the rewritten model, the session warns
+            (``RuntimeWarning``) and runs the model as built.
 
     Example:
         >>> sess = TrainingSession(train_model)
@@ -189,13 +192,28 @@ class TrainingSession:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
             raise ValueError(f"chunk_size must be an int >= 0 or None, got {chunk_size!r}")
         self.chunk_size = chunk_size
-        if chunk_size:
-            runnable = ChunkUpdates(contract.params, chunk_size)(runnable).model
-        self.session = ort.InferenceSession(
-            runnable.SerializeToString(),
-            sess_options=sess_options,
-            providers=self.providers,
-        )
+        chunked = ChunkUpdates(contract.params, chunk_size)(runnable).model if chunk_size else None
+        try:
+            self.session = ort.InferenceSession(
+                (chunked or runnable).SerializeToString(),
+                sess_options=sess_options,
+                providers=self.providers,
+            )
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception
+            if chunked is None:
+                raise
+            # A speed rewrite must never cost a user the session: run the model as built.
+            warnings.warn(
+                f"onnxruntime refused the chunked update ({exc}); running whole-tensor "
+                "updates instead (TrainingSession(..., chunk_size=0) skips the attempt)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            chunked = None
+            self.session = ort.InferenceSession(
+                runnable.SerializeToString(), sess_options=sess_options, providers=self.providers
+            )
+        runnable = chunked or runnable
         self._inputs = {i.name: i for i in self.session.get_inputs()}
         # Class-label inputs whose values are range-checked before a step (safety.py).
         self._label_ranges = label_ranges(self.model, contract.data_inputs)

@@ -169,3 +169,30 @@ def test_training_session_chunks_by_default_on_cpu_only():
     assert _out_dims(sess.model)["p0.updated"] == [1 << 20]
     with pytest.raises(ValueError, match="chunk_size"):
         ax.TrainingSession(model, chunk_size=-1)
+
+
+def test_a_chunked_model_onnxruntime_refuses_falls_back_with_a_warning(monkeypatch):
+    import adamax_onnx.runtime as runtime
+    from passes.base import PassResult
+
+    class Broken:  # stands in for ChunkUpdates: a rewrite onnxruntime cannot load
+        def __init__(self, params, chunk_size):
+            pass
+
+        def __call__(self, model):
+            bad = onnx.ModelProto()
+            bad.CopyFrom(model)
+            bad.graph.node.append(onnx.helper.make_node("NoSuchOp", ["p0"], ["junk"]))
+            return PassResult(bad, True)
+
+    monkeypatch.setattr(runtime, "ChunkUpdates", Broken)
+    params = _params([(64, 32)])
+    model = ax.build_optimizer_model(ax.AdaMax(list(params), learning_rate=0.01), params)
+    with pytest.warns(RuntimeWarning, match="refused the chunked update"):
+        sess = ax.TrainingSession(model, chunk_size=64)
+    assert sess._layout == {}
+    ref = NumpyAdaMax(params, learning_rate=0.01)
+    grads = _grads(params, 0)
+    sess.step(grads)
+    ref.update({"p0": grads["p0_grad"]})
+    np.testing.assert_allclose(sess.parameters()["p0"], ref.w["p0"], rtol=1e-5, atol=1e-6)
