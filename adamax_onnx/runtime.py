@@ -60,6 +60,11 @@ _ORT_TYPES = {
 }
 
 
+def _provider_names(providers: Sequence[Any]) -> list[str]:
+    """Provider names of an onnxruntime ``providers`` list (names or (name, options) pairs)."""
+    return [p[0] if isinstance(p, tuple) else p for p in providers]
+
+
 def _device_of(providers: Sequence[Any]) -> tuple[str, int]:
     first = providers[0] if providers else "CPUExecutionProvider"
     name, opts = first if isinstance(first, tuple) else (first, {})
@@ -74,8 +79,8 @@ def default_chunk_size(providers: Sequence[Any]) -> int:
     On the CPU a chunk stays in cache between the update's ten elementwise ops; on a GPU the
     whole-tensor kernels are already bandwidth-bound and a Scan would add per-chunk launches.
     """
-    names = [p[0] if isinstance(p, tuple) else p for p in providers]
-    return DEFAULT_CHUNK_SIZE if all(n == "CPUExecutionProvider" for n in names) else 0
+    cpu_only = all(n == "CPUExecutionProvider" for n in _provider_names(providers))
+    return DEFAULT_CHUNK_SIZE if cpu_only else 0
 
 
 def _chunk_layouts(model: onnx.ModelProto, state: Sequence[str]) -> dict[str, list[int]]:
@@ -165,11 +170,7 @@ class TrainingSession:
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         # onnxruntime only warns about an unknown provider and falls back to the CPU.
         available = ort.get_available_providers()
-        unknown = [
-            name
-            for name in (p[0] if isinstance(p, tuple) else p for p in self.providers)
-            if name not in available
-        ]
+        unknown = [name for name in _provider_names(self.providers) if name not in available]
         if unknown:
             raise ModelError(
                 f"execution provider(s) {unknown} are not available in this onnxruntime "

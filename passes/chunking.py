@@ -108,9 +108,10 @@ def _static_shapes(
     return out
 
 
-#: Ops whose output has the broadcast shape of their inputs.
-_BROADCASTING = _ELEMENTWISE | {"And", "Equal", "Greater", "IsInf", "IsNaN", "Less", "Not", "Or"}
+#: Comparisons and logic: broadcast shape, bool output.
 _BOOL_OUT = {"And", "Equal", "Greater", "IsInf", "IsNaN", "Less", "Not", "Or"}
+#: Ops whose output has the broadcast shape of their inputs.
+_BROADCASTING = _ELEMENTWISE | _BOOL_OUT
 
 
 def _propagate(nodes, shapes: dict) -> None:
