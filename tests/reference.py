@@ -214,3 +214,15 @@ def schedule(name: str, **a):
     else:
         raise ValueError(f"unknown schedule {name}")
     return fn
+
+
+def random_params(shapes, dtype=np.float32, seed=0) -> dict[str, np.ndarray]:
+    """``p0, p1, ...``: standard-normal parameters of the given shapes (the tests' fixtures)."""
+    rng = np.random.default_rng(seed)
+    return {f"p{i}": rng.standard_normal(s).astype(dtype) for i, s in enumerate(shapes)}
+
+
+def random_grads(params, step) -> dict[str, np.ndarray]:
+    """``<name>_grad`` feeds of an optimizer model for ``step``, in each parameter's dtype."""
+    rng = np.random.default_rng(100 + step)
+    return {f"{k}_grad": rng.standard_normal(v.shape).astype(v.dtype) for k, v in params.items()}

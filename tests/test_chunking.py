@@ -19,16 +19,8 @@ from models.mlp import build_mlp
 from passes.chunking import DEFAULT_CHUNK_SIZE, ChunkUpdates
 from passes.contract import updated
 from tests.reference import NumpyAdaMax
-
-
-def _params(shapes, dtype=np.float32, seed=0):
-    rng = np.random.default_rng(seed)
-    return {f"p{i}": rng.standard_normal(s).astype(dtype) for i, s in enumerate(shapes)}
-
-
-def _grads(params, step):
-    rng = np.random.default_rng(100 + step)
-    return {f"{k}_grad": rng.standard_normal(v.shape).astype(v.dtype) for k, v in params.items()}
+from tests.reference import random_grads as _grads
+from tests.reference import random_params as _params
 
 
 def _out_dims(model):

@@ -25,16 +25,8 @@ import pytest
 import adamax_onnx as ax
 from models.mlp import build_mlp
 from tests.reference import NumpyAdaMax
-
-
-def _params(shapes, seed=0):
-    rng = np.random.default_rng(seed)
-    return {f"p{i}": rng.standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)}
-
-
-def _grads(params, step):
-    rng = np.random.default_rng(100 + step)
-    return {f"{k}_grad": rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+from tests.reference import random_grads as _grads
+from tests.reference import random_params as _params
 
 
 class _CountingSession:
