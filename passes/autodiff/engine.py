@@ -1,0 +1,320 @@
+"""Reverse-mode automatic differentiation over standard ONNX, on ``onnx_ir``.
+
+:func:`differentiate` adds to a model the gradient of a scalar loss with respect to chosen
+tensors (the trained parameters): for each parameter ``p`` an output ``p_grad``, computed by
+standard ONNX ops only, seeded by an initializer ``<loss>_grad`` (1 by default; the caller may
+change its value, e.g. to a loss scale).
+
+How: a forward sweep marks the float tensors that depend on a parameter through
+differentiable slots; a backward sweep keeps the nodes on a path from a parameter to the loss;
+then, in reverse topological order, each kept node's rule (:mod:`passes.autodiff.registry`)
+turns the gradients of its outputs into gradients of its inputs. Contributions to a tensor read
+by several nodes are summed. Integer, bool, shape and index tensors are never differentiated;
+branches that reach no parameter emit nothing; nodes a rule emitted but nothing reads are
+removed at the end.
+
+Guarantees afterwards: every parameter has a ``p_grad`` graph output of the parameter's type
+and shape; the model's own inputs, outputs and nodes are unchanged; every emitted op is in the
+default domain at the model's opset (at least 13); errors are :class:`GradientBuildError` naming
+the op, the domain, the node and the parameter whose path reaches it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from .context import GradContext
+from .errors import GradientBuildError, Unsupported
+from .registry import ZERO_GRADIENT_OPS, find_rule
+
+__all__ = ["differentiate", "MIN_OPSET", "FLOAT_TYPES"]
+
+#: Lowest default-domain opset the rules emit for (Squeeze/Unsqueeze/ReduceSum axes as inputs).
+MIN_OPSET = 13
+
+FLOAT_TYPES = frozenset(
+    {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16}
+)
+
+
+def _grad_name(name: str) -> str:
+    return f"{name}_grad"
+
+
+class _Emitter:
+    """Creates the gradient nodes and constants, with unique readable names."""
+
+    def __init__(self, graph: ir.Graph, opset: int, taken: Iterable[str]) -> None:
+        self.graph = graph
+        self.opset = opset
+        self.nodes: list[ir.Node] = []
+        self._taken: set[str] = set(taken)
+        self._consts: dict[tuple, ir.Value] = {}
+        self._shapes: dict[tuple, ir.Value] = {}
+        self._counter = itertools.count()
+
+    def unique(self, name: str) -> str:
+        candidate, k = name, 0
+        while candidate in self._taken:
+            k += 1
+            candidate = f"{name}_{k}"
+        self._taken.add(candidate)
+        return candidate
+
+    def emit(
+        self,
+        prefix: str,
+        op_type: str,
+        inputs: Sequence[ir.Value | None],
+        attrs: dict[str, Any],
+        num_outputs: int,
+    ) -> list[ir.Value]:
+        attributes = [ir.convenience.convert_attribute(k, v) for k, v in attrs.items()]
+        base = self.unique(f"{prefix}/{op_type}")
+        node = ir.Node(
+            "",
+            op_type,
+            list(inputs),
+            attributes=attributes,
+            num_outputs=num_outputs,
+            name=base,
+        )
+        for k, out in enumerate(node.outputs):
+            out.name = self.unique(f"{base}_out" if num_outputs == 1 else f"{base}_out{k}")
+        self.nodes.append(node)
+        return list(node.outputs)
+
+    def const(self, array: np.ndarray) -> ir.Value:
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._consts:
+            if array.size == 1:
+                flat = array.reshape(-1)[0]
+                label = f"{flat.item():g}".replace(".", "_").replace("-", "neg")
+                name = self.unique(f"grad.const.{array.dtype.name}.{label}")
+            else:
+                name = self.unique(f"grad.const.{array.dtype.name}")
+            tensor = ir.tensor(array, name=name)
+            value = ir.Value(
+                name=name,
+                shape=ir.Shape(array.shape),
+                type=ir.TensorType(tensor.dtype),
+                const_value=tensor,
+            )
+            self.graph.register_initializer(value)
+            self._consts[key] = value
+        return self._consts[key]
+
+    def shape(self, prefix: str, v: ir.Value, start: int | None, end: int | None) -> ir.Value:
+        key = (id(v), start, end)
+        if key not in self._shapes:
+            attrs: dict[str, Any] = {}
+            if start is not None:
+                attrs["start"] = start
+            if end is not None:
+                attrs["end"] = end
+            self._shapes[key] = self.emit(prefix, "Shape", [v], attrs, 1)[0]
+        return self._shapes[key]
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return o.version
+    return 1
+
+
+def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Upgrade an old opset to 13 and attach inferred shapes (best effort)."""
+    opset = _default_opset(model)
+    if opset < MIN_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, MIN_OPSET)
+        except Exception as exc:
+            raise GradientBuildError(
+                f"the model uses ONNX opset {opset}; gradients need opset >= {MIN_OPSET} and "
+                f"the automatic upgrade failed ({str(exc).splitlines()[0] if str(exc) else exc})"
+                f": re-export the model with opset_version >= {MIN_OPSET}"
+            ) from exc
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except Exception:  # shape facts are best effort; rules that need one say so
+        pass
+    return model
+
+
+def differentiate(
+    model: onnx.ModelProto, loss: str, params: Sequence[str]
+) -> onnx.ModelProto:
+    """Add ``p_grad`` outputs (d loss / d p) for every ``p`` in ``params``; see module doc.
+
+    Args:
+        model: a model whose graph computes ``loss`` (a scalar float tensor, a graph output)
+            from ``params`` (graph inputs or initializers).
+        loss: name of the loss tensor.
+        params: names of the tensors to differentiate with respect to.
+
+    Raises:
+        GradientBuildError: an op on the path has no rule (or a variant its rule cannot
+            handle); the message names every such node and the parameter that reaches it.
+    """
+    model = _prepare(model)
+    ir_model = ir.serde.deserialize_model(model)
+    graph = ir_model.graph
+    opset = graph.opset_imports.get("", _default_opset(model))
+
+    values: dict[str, ir.Value] = {}
+    for v in graph.inputs:
+        values[v.name] = v
+    for name, v in graph.initializers.items():
+        values.setdefault(name, v)
+    for node in graph:
+        for out in node.outputs:
+            if out.name:
+                values[out.name] = out
+    if loss not in values:
+        raise GradientBuildError(f"the loss {loss!r} is not a tensor of the model")
+    loss_value = values[loss]
+    missing = [p for p in params if p not in values]
+    if missing:
+        raise GradientBuildError(f"parameter(s) {missing} are not tensors of the model")
+
+    # Forward sweep: which float tensors depend on a parameter, and through which parameter.
+    origin: dict[int, str] = {id(values[p]): p for p in params}
+    order = list(graph)  # ONNX graphs are topologically sorted
+    for node in order:
+        key = (node.domain if node.domain != "ai.onnx" else "", node.op_type)
+        if key in ZERO_GRADIENT_OPS:
+            continue
+        src = next((origin[id(v)] for v in node.inputs if v is not None and id(v) in origin), None)
+        if src is None:
+            continue
+        for out in node.outputs:
+            if out.dtype is None or out.dtype in FLOAT_TYPES:
+                origin.setdefault(id(out), src)
+
+    # Backward sweep: keep the tensors from which the loss is reached.
+    live: set[int] = {id(loss_value)} if id(loss_value) in origin else set()
+    live_nodes: list[ir.Node] = []
+    for node in reversed(order):
+        if not any(id(o) in live for o in node.outputs):
+            continue
+        live_nodes.append(node)
+        for v in node.inputs:
+            if v is not None and id(v) in origin:
+                live.add(id(v))
+
+    taken = set(values) | {n.name for n in graph if n.name}
+    emitter = _Emitter(graph, opset, taken)
+
+    seed_array = np.ones((), dtype=(loss_value.dtype or ir.DataType.FLOAT).numpy())
+    seed_name = emitter.unique(_grad_name(loss))
+    seed = ir.Value(
+        name=seed_name,
+        shape=ir.Shape([]),
+        type=ir.TensorType(ir.DataType.from_numpy(seed_array.dtype)),
+        const_value=ir.tensor(seed_array, name=seed_name),
+    )
+    graph.register_initializer(seed)
+
+    contributions: dict[int, list[ir.Value]] = {id(loss_value): [seed]}
+    by_id: dict[int, ir.Value] = {id(v): v for v in values.values()}
+    grads: dict[int, ir.Value] = {}
+
+    def total(v: ir.Value) -> ir.Value | None:
+        """The summed gradient of ``v`` (emits the Adds the first time)."""
+        if id(v) in grads:
+            return grads[id(v)]
+        parts = contributions.get(id(v))
+        if not parts:
+            return None
+        acc = parts[0]
+        for part in parts[1:]:
+            acc = emitter.emit(f"{v.name}/grad", "Add", [acc, part], {}, 1)[0]
+        if acc.shape is None and v.shape is not None and acc is not seed:
+            acc.shape = v.shape
+        if acc.dtype is None and acc is not seed:
+            acc.dtype = v.dtype
+        grads[id(v)] = acc
+        return acc
+
+    failures: list[tuple[ir.Node, str]] = []
+    for node in live_nodes:  # reverse topological order
+        dys = [total(o) if id(o) in live else None for o in node.outputs]
+        if all(d is None for d in dys):
+            continue
+        r = find_rule(node.domain, node.op_type, opset)
+        if r is None:
+            failures.append((node, "no gradient rule for this op"))
+            continue
+        needs = [v is not None and id(v) in live for v in node.inputs]
+        ctx = GradContext(emitter, node, needs)
+        try:
+            dxs = list(r.fn(ctx, dys))
+        except Unsupported as exc:
+            failures.append((node, str(exc)))
+            continue
+        for v, dx in zip(node.inputs, dxs, strict=False):
+            if v is None or dx is None or id(v) not in live:
+                continue
+            contributions.setdefault(id(v), []).append(dx)
+
+    if failures:
+        raise _failure(failures, origin)
+
+    outputs: list[ir.Value] = []
+    missing = []
+    emitted = set(emitter.nodes)
+    for p in params:
+        pv = values[p]
+        g = total(pv) if id(pv) in live else None
+        if g is None:
+            missing.append(p)
+            continue
+        if g.producer() not in emitted or any(g is o for o in outputs):
+            g = emitter.emit(f"{p}/grad", "Identity", [g], {}, 1)[0]
+        if _grad_name(p) in taken:
+            raise GradientBuildError(f"the name {_grad_name(p)!r} is already used in the model")
+        g.name = emitter.unique(_grad_name(p))
+        g.dtype = pv.dtype
+        g.shape = pv.shape
+        outputs.append(g)
+    if missing:
+        raise GradientBuildError(
+            f"the loss {loss!r} does not depend on parameter(s) {missing}: no gradient "
+            "reaches them; leave them out of the optimizer to keep them frozen"
+        )
+
+    for node in emitter.nodes:
+        graph.append(node)
+    graph.outputs.extend(outputs)
+    RemoveUnusedNodesPass()(ir_model)
+    return ir.serde.serialize_model(ir_model)
+
+
+def _failure(failures: list[tuple[ir.Node, str]], origin: dict[int, str]) -> GradientBuildError:
+    lines = []
+    for node, why in failures:
+        param = next(
+            (origin[id(v)] for v in node.inputs if v is not None and id(v) in origin), "?"
+        )
+        domain = node.domain or "ai.onnx"
+        label = repr(node.name) if node.name else f"(unnamed, output {node.outputs[0].name!r})"
+        lines.append(
+            f"op {node.op_type} (domain {domain}, node {label}, reached from trained "
+            f"parameter {param!r}): {why}"
+        )
+    ops = sorted({n.op_type for n, _ in failures})
+    return GradientBuildError(
+        "cannot differentiate the model: "
+        + "; ".join(lines)
+        + ". Freeze the parameters upstream of these nodes (leave them out of the optimizer), "
+        "or replace the op in the model",
+        ops[0] if len(ops) == 1 else None,
+    )
