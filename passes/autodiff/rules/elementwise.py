@@ -45,3 +45,12 @@ def relu(ctx, dys):
 @rule("Identity")
 def identity(ctx, dys):
     return [dys[0]]
+
+
+@rule("Sum")
+def sum_(ctx, dys):
+    (dy,) = dys
+    return [
+        ctx.sum_to(dy, x) if x is not None and ctx.needs(i) else None
+        for i, x in enumerate(ctx.inputs)
+    ]
