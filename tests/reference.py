@@ -16,7 +16,8 @@ What it models (MindSpore 2.10, ``nn/optim/adamax.py`` + ``nn/optim/optimizer.py
   ``float32(lr + 1.0 - 1.0)``.
 
 Schedules are given as plain callables ``step -> value``; :func:`schedule` builds the six
-MindSpore ones from their ``construct`` formulas in numpy float32.
+MindSpore ones from their ``construct`` formulas in numpy float32, except for the transcendental
+functions (``Pow``, ``Sin``): see :func:`pow32`.
 """
 
 from __future__ import annotations
@@ -151,6 +152,58 @@ class NumpyAdaMax:
             self.w[k], self.m[k], self.v[k] = w_new.astype(dt), m_new.astype(dt), v_new.astype(dt)
 
 
+# -- float32 transcendental functions, the same on every CPU ---------------------------------------
+# numpy's float32 ``power``/``exp``/``sin``... are dispatched at run time to SIMD kernels (AVX-512,
+# AVX2 or scalar libm) that round differently: on this project's AVX-512 CI machine ``np.power``
+# results were up to 2 ulps, and a cosine schedule built on ``np.sin`` up to 6 ulps (1 + sin
+# cancels), away from the scalar ones, so a reference built on them is not reproducible across
+# machines. These compute in double with Python's ``math`` (libm's double pow/sin, < 1 ulp in
+# double whichever build libm picks for the CPU) and round to float32 once: the correctly rounded
+# float32 value except in vanishingly rare ties, hence CPU independent. MindSpore's and
+# onnxruntime's float32 ``powf`` is not always correctly rounded, so a schedule value can be
+# 1 ulp off MindSpore's (seen: NaturalExpDecayLR(0.1, 0.9, 4) at step 55, in
+# tests/golden/schedules.json); the tests that compare with MindSpore say how they allow for it.
+def pow32(base, exponent) -> np.float32:
+    """float32 ``base ** exponent`` for float32 operands, via double and one rounding."""
+    try:
+        r = math.pow(float(base), float(exponent))
+    except OverflowError:
+        r = math.inf
+    except ValueError:  # negative base, non-integer exponent (or 0 ** negative)
+        r = math.nan if float(base) != 0 else math.inf
+    with np.errstate(over="ignore", under="ignore"):
+        return f32(r)
+
+
+def sin32(x) -> np.float32:
+    """float32 ``sin(x)`` for a float32 ``x``, via double and one rounding."""
+    return f32(math.sin(float(x)))
+
+
+def ulps(a, b):
+    """Distance in units in the last place (NaN == NaN counts as equal; NaN vs number: inf).
+
+    ``a`` and ``b``: arrays (or scalars) of one float dtype; the result has their shape."""
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype, (a.dtype, b.dtype)
+    both_nan = np.isnan(a) & np.isnan(b)
+    if a.dtype.itemsize == 8:  # float64: relative to the spacing at the larger magnitude
+        with np.errstate(invalid="ignore"):
+            d = np.abs(a - b) / np.spacing(np.maximum(np.abs(a), np.abs(b)))
+        d = np.where(np.isnan(a) ^ np.isnan(b), np.inf, d)
+        return np.where(both_nan | (a == b), 0.0, d)
+    itype = {2: np.int16, 4: np.int32}[a.dtype.itemsize]
+    ia = a.view(itype).astype(np.int64)
+    ib = b.view(itype).astype(np.int64)
+    # Map the sign-magnitude bit patterns onto a monotonic integer line.
+    top = np.int64(1) << (8 * a.dtype.itemsize - 1)
+    ia = np.where(ia < 0, -top - ia, ia)
+    ib = np.where(ib < 0, -top - ib, ib)
+    d = np.abs(ia - ib).astype(np.float64)
+    d = np.where(np.isnan(a) ^ np.isnan(b), np.inf, d)
+    return np.where(both_nan, 0.0, d)
+
+
 # -- the six MindSpore LearningRateSchedule cells, from their construct(), in numpy float32 -----
 def schedule(name: str, **a):
     """A callable ``step -> float32`` computing MindSpore ``nn.<name>(**a)(step)``."""
@@ -164,7 +217,7 @@ def schedule(name: str, **a):
             p = p_of(step)
             if a.get("is_stair"):
                 p = np.floor(p)
-            return f32(f32(a["learning_rate"]) * np.power(f32(a["decay_rate"]), p))
+            return f32(f32(a["learning_rate"]) * pow32(f32(a["decay_rate"]), p))
 
     elif name == "NaturalExpDecayLR":
 
@@ -172,7 +225,7 @@ def schedule(name: str, **a):
             p = f32(step)
             if a.get("is_stair"):
                 p = f32(np.floor(p / f32(a["decay_steps"])) * f32(a["decay_steps"]))
-            return f32(f32(a["learning_rate"]) * np.power(f32(math.e), f32(-a["decay_rate"]) * p))
+            return f32(f32(a["learning_rate"]) * pow32(f32(math.e), f32(-a["decay_rate"]) * p))
 
     elif name == "InverseDecayLR":
 
@@ -190,7 +243,7 @@ def schedule(name: str, **a):
             p = min(f32(step), d)
             delta = f32(0.5 * (a["max_lr"] - a["min_lr"]))
             angle = f32(math.pi) * (p / d + f32(0.5))
-            return f32(f32(a["min_lr"]) + delta * (f32(1.0) + np.sin(angle)))
+            return f32(f32(a["min_lr"]) + delta * (f32(1.0) + sin32(angle)))
 
     elif name == "PolynomialDecayLR":
 
@@ -201,7 +254,7 @@ def schedule(name: str, **a):
                 horizon = d * max(np.ceil(s / d), f32(1.0))
             else:
                 s, horizon = min(s, d), d
-            factor = np.power(f32(1.0) - s / horizon, f32(a["power"]))
+            factor = pow32(f32(1.0) - s / horizon, f32(a["power"]))
             diff = f32(a["learning_rate"] - a["end_learning_rate"])
             return f32(diff * factor + f32(a["end_learning_rate"]))
 
