@@ -5,7 +5,9 @@ float32 scalar) run by onnxruntime for every recorded step, and compared with
 
 * the values MindSpore 2.10 itself produced (``tests/golden/schedules.json``, written by
   ``tests/golden/make_schedules_golden.py``; mindspore is not needed here),
-* an independent, vectorised numpy float32 reference written below from the formulas,
+* an independent, vectorised numpy float32 reference written below from the formulas (its
+  ``Pow``/``Sin`` in double from Python's math, rounded once: numpy's own float32 power/sin
+  round differently on AVX-512, AVX2 and scalar CPUs),
 * the schedule's own ``value(step)``.
 
 Argument validation is checked against the exception types MindSpore raised for the same
@@ -37,6 +39,7 @@ from adamax_onnx.schedules import (
     WeightDecaySchedule,
 )
 from passes.builder import IR_VERSION, OPSET, GraphBuilder
+from tests.reference import pow32, sin32, ulps
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "schedules.json").read_text())
 STEPS = np.array(GOLDEN["steps"], dtype=np.int64)
@@ -113,6 +116,10 @@ def run_schedule(schedule: LearningRateSchedule, steps=STEPS) -> np.ndarray:
 
 
 # -- independent numpy float32 reference ---------------------------------------------------------
+_pow = np.frompyfunc(pow32, 2, 1)  # elementwise, CPU independent (tests/reference.py)
+_sin = np.frompyfunc(sin32, 1, 1)
+
+
 def reference(cls: str, kw: dict, steps: np.ndarray) -> np.ndarray:
     """MindSpore's construct() formulas, vectorised over float32 steps."""
     with np.errstate(over="ignore", under="ignore"):
@@ -124,21 +131,22 @@ def _reference(cls: str, kw: dict, s: np.ndarray) -> np.ndarray:
         p = s / F(kw["decay_steps"])
         if kw.get("is_stair", False):
             p = np.floor(p)
-        return F(kw["learning_rate"]) * F(kw["decay_rate"]) ** p
+        return F(kw["learning_rate"]) * _pow(F(kw["decay_rate"]), p).astype(F)
     if cls == "NaturalExpDecayLR":
         d = F(kw["decay_steps"])
         p = np.floor(s / d) * d if kw.get("is_stair", False) else s
-        return F(kw["learning_rate"]) * F(math.e) ** (F(-kw["decay_rate"]) * p)
+        return F(kw["learning_rate"]) * _pow(F(math.e), F(-kw["decay_rate"]) * p).astype(F)
     if cls == "InverseDecayLR":
         p = s / F(kw["decay_steps"])
         if kw.get("is_stair", False):
             p = np.floor(p)
-        return F(kw["learning_rate"]) / (F(1) + F(kw["decay_rate"]) * p)
+        # MindSpore's order, lr * (1 / denominator); a plain division is 1 ulp off at times.
+        return F(kw["learning_rate"]) * (F(1) / (F(1) + F(kw["decay_rate"]) * p))
     if cls == "CosineDecayLR":
         d = F(kw["decay_steps"])
         delta = F(0.5 * (kw["max_lr"] - kw["min_lr"]))
         x = F(math.pi) * (np.minimum(s, d) / d + F(0.5))
-        return F(kw["min_lr"]) + delta * (F(1) + np.sin(x))
+        return F(kw["min_lr"]) + delta * (F(1) + _sin(x).astype(F))
     if cls == "PolynomialDecayLR":
         d = F(kw["decay_steps"])
         if kw.get("update_decay_steps", False):
@@ -146,7 +154,8 @@ def _reference(cls: str, kw: dict, s: np.ndarray) -> np.ndarray:
         else:
             horizon, t = d, np.minimum(s, d)
         diff = F(kw["learning_rate"] - kw["end_learning_rate"])
-        return diff * (F(1) - t / horizon) ** F(kw["power"]) + F(kw["end_learning_rate"])
+        factor = _pow(F(1) - t / horizon, F(kw["power"])).astype(F)
+        return diff * factor + F(kw["end_learning_rate"])
     if cls == "WarmUpLR":
         w = F(kw["warmup_steps"])
         return F(kw["learning_rate"]) * (np.minimum(s, w) / w)
@@ -162,9 +171,15 @@ def test_graph_matches_mindspore_reference_and_value(case):
     got = run_schedule(sched)
 
     np.testing.assert_allclose(got, golden, rtol=RTOL, atol=0, err_msg=f"{cls} vs MindSpore")
-    np.testing.assert_allclose(
-        got, reference(cls, kw, STEPS), rtol=RTOL, atol=0, err_msg=f"{cls} vs numpy"
-    )
+    # The reference rounds the exact Pow/Sin once (CPU independent); onnxruntime's and MindSpore's
+    # float32 powf/sinf are within 1 ulp of that but not always correctly rounded (seen: 1 ulp,
+    # NaturalExpDecayLR at step 55). Only IEEE arithmetic elsewhere: bit for bit.
+    ref = reference(cls, kw, STEPS)
+    allowed = 0 if cls in ("InverseDecayLR", "WarmUpLR") else 1
+    worst = ulps(got, ref).max()
+    assert worst <= allowed, f"{cls} vs numpy: {worst} ulps"
+    # value() uses numpy's float32 power/sin, whose SIMD kernels differ by CPU (seen: 6 ulps,
+    # 5.3e-7 relative, for CosineDecayLR near the end of its decay on AVX-512/AVX2): relative.
     values = np.array([sched.value(int(s)) for s in STEPS], dtype=np.float32)
     assert all(isinstance(sched.value(int(s)), float) for s in STEPS[:3])
     np.testing.assert_allclose(values, got, rtol=RTOL, atol=0, err_msg=f"{cls}.value vs graph")
