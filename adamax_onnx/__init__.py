@@ -5,8 +5,15 @@
 >>> opt = ax.AdaMax(ax.trainable_params(model), learning_rate=1e-3)
 >>> sess = ax.TrainingSession(ax.build_training_model(model, opt, loss="cross_entropy"))
 >>> loss = sess.step({"input": x, "labels": y})
+
+The submodules ``ax.schedules``, ``ax.dynamic_lr``, ``ax.loss_scale`` and ``ax.errors`` are
+attributes of the package; ``ax.cli`` (the ``adamax-onnx`` command) is imported on first use.
+``adamax_onnx.federated`` needs Flower and is imported explicitly.
 """
 
+from typing import Any
+
+from . import dynamic_lr, errors, loss_scale, schedules
 from .api import build_optimizer_model, build_training_model, load_model, trainable_params
 from .errors import (
     AdamaxOnnxError,
@@ -27,6 +34,10 @@ from .trainable import export_trainable_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "dynamic_lr",
+    "errors",
+    "loss_scale",
+    "schedules",
     "AdaMax",
     "DynamicLossScaleManager",
     "FixedLossScaleManager",
@@ -47,3 +58,16 @@ __all__ = [
     "ModelError",
     "UnsafePathError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``ax.cli`` on first use (PEP 562): the library does not need its command-line module.
+    if name == "cli":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.cli")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"cli"})
