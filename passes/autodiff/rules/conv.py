@@ -1,0 +1,203 @@
+"""Gradients of convolution, pooling, padding and resizing.
+
+Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad (constant
+mode), Resize (nearest and linear).
+
+Geometry (window pads, output sizes, ConvTranspose output_padding) is resolved at build time
+from static spatial sizes; the batch dim stays symbolic. With stride 1 (and no ceil_mode) the
+geometry does not depend on the spatial sizes, so those may be symbolic too.
+
+Ties in max pooling: the gradient goes to the one position the forward kernel reports (its
+Indices output, the first maximum of the window, as torch's max_pool does); GlobalMaxPool gives
+it to the first maximum of each plane (ArgMax), like torch's adaptive_max_pool.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import Unsupported
+from ..registry import rule
+
+# -- geometry ---------------------------------------------------------------------------------
+
+
+def _spatial(ctx, v, n_sp):
+    """The spatial dims (after N, C) of ``v``: ints, or None where not static."""
+    dims = ctx.dims(v)
+    if dims is None:
+        return [None] * n_sp
+    return [d if isinstance(d, int) else None for d in dims[2:]]
+
+
+def _window_pads(ctx, spatial, kernel_eff, strides, n_sp):
+    """Begin/end pads of a conv/pool window, resolving ``auto_pad`` (static sizes if needed)."""
+    auto_pad = ctx.attr("auto_pad", "NOTSET") or "NOTSET"
+    if auto_pad == "NOTSET":
+        pads = [int(p) for p in ctx.attr("pads", [0] * (2 * n_sp))]
+        return pads[:n_sp], pads[n_sp:]
+    if auto_pad == "VALID":
+        return [0] * n_sp, [0] * n_sp
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for size, k, s in zip(spatial, kernel_eff, strides, strict=True):
+            if s == 1:
+                total = k - 1
+            elif size is None:
+                raise Unsupported(f"auto_pad={auto_pad} with stride {s} needs static spatial sizes")
+            else:
+                total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto_pad == "SAME_UPPER" else large)
+            ends.append(large if auto_pad == "SAME_UPPER" else small)
+        return begins, ends
+    raise Unsupported(f"auto_pad={auto_pad!r} is not supported")
+
+
+def _out_size(size, b, e, k_eff, s, ceil):
+    """Output positions of a window op (torch's and ONNX's rule for ceil_mode)."""
+    span = size + b + e - k_eff
+    if not ceil:
+        return span // s + 1
+    o = -(-span // s) + 1
+    if (o - 1) * s >= size + b:  # the last window must start inside the input or begin pad
+        o -= 1
+    return o
+
+
+def _transposed_geometry(size, out, k_eff, s, b):
+    """(pad_begin, pad_end, output_padding) of a ConvTranspose giving back ``size`` positions.
+
+    The full transposed output has ``s * (out - 1) + k_eff`` positions; the gradient of the
+    unpadded input is its slice ``[b, b + size)``, past its end zeros. ``size``/``out`` may be
+    None when the stride is 1 and the forward drops nothing: then the result is (b, e, 0).
+    """
+    full = s * (out - 1) + k_eff
+    if full >= b + size:
+        return b, full - b - size, 0
+    return b, 0, b + size - full
+
+
+def _back_geometry(ctx, spatial, out_sp, kernel_eff, strides, begins, ends, ceil=False):
+    """ConvTranspose pads and output_padding to map a window op's output back to its input."""
+    pb, pe, op = [], [], []
+    for h, o, k, s, b, e in zip(spatial, out_sp, kernel_eff, strides, begins, ends, strict=True):
+        if h is None or o is None:
+            if s != 1 or ceil:
+                raise Unsupported("strides > 1 (or ceil_mode) need static spatial sizes")
+            g = (b, e, 0)  # stride 1: out = h + b + e - k + 1, the full output is h + b + e
+        else:
+            g = _transposed_geometry(h, o, k, s, b)
+        pb.append(g[0])
+        pe.append(g[1])
+        op.append(g[2])
+    return pb + pe, op
+
+
+def _check_out(ctx, y, out_sp):
+    """Cross-check computed output sizes with what shape inference says; fill unknowns."""
+    inferred = _spatial(ctx, y, len(out_sp))
+    res = []
+    for mine, theirs in zip(out_sp, inferred, strict=True):
+        if mine is not None and theirs is not None and mine != theirs:
+            raise Unsupported(f"output spatial size {theirs} differs from the computed {mine}")
+        res.append(mine if mine is not None else theirs)
+    return res
+
+
+def _spatial_shape(ctx, v, spatial):
+    """``v``'s spatial dims as an int64 tensor (a constant when static)."""
+    if all(d is not None for d in spatial):
+        return ctx.i64(list(spatial))
+    return ctx.shape(v, 2)
+
+
+def _reduce_channels(ctx, dy, rank):
+    """Bias gradient: dy summed over every axis but the channel axis."""
+    return ctx.reduce_sum(dy, [0, *range(2, rank)], keepdims=False)
+
+
+def _kernel_dims(ctx, w, n_sp):
+    dims = ctx.dims(w)
+    if dims is None or not all(isinstance(d, int) for d in dims):
+        raise Unsupported("the weight's shape must be static")
+    kernel = ctx.attr("kernel_shape")
+    kernel = [int(k) for k in kernel] if kernel else list(dims[2:])
+    if len(kernel) != n_sp:
+        raise Unsupported("kernel_shape does not match the weight's rank")
+    return dims, kernel
+
+
+def _weight_correlation(ctx, x, x_spatial, dy, cin_g, group, kernel, strides, dilations, pads):
+    """dW of Conv(x, W) given dy, laid out [Cout, Cin/G, k...].
+
+    One grouped Conv correlates x with dy: x is laid out [Cin/G, G*N, ...] (batch = input
+    channel in the group, channels = group x sample), dy [Cout, N, ...] is the kernel (G
+    groups), strides and dilations swap roles; the result [Cin/G, Cout, k'...] is cut to the
+    kernel size and transposed to W's layout.
+    """
+    n_sp = len(kernel)
+    rank = n_sp + 2
+    perm_swap = [1, 0, *range(2, rank)]
+    if group == 1:
+        xt = ctx.op("Transpose", x, perm=perm_swap)
+    else:
+        if all(d is not None for d in x_spatial):
+            grouped, batched = [-1, group, cin_g, *x_spatial], [cin_g, -1, *x_spatial]
+        else:
+            sp = ctx.shape(x, 2)
+            grouped = ctx.op("Concat", ctx.i64([-1, group, cin_g]), sp, axis=0)
+            batched = ctx.op("Concat", ctx.i64([cin_g, -1]), sp, axis=0)
+        # [N, C, ...] -> [N, G, C/G, ...] -> [C/G, G, N, ...] -> [C/G, G*N, ...]
+        x5 = ctx.reshape(x, grouped)
+        xt = ctx.reshape(ctx.op("Transpose", x5, perm=[2, 1, 0, *range(3, rank + 1)]), batched)
+    dyt = ctx.op("Transpose", dy, perm=perm_swap)
+    corr = ctx.op(
+        "Conv", xt, dyt, group=group, strides=list(dilations), dilations=list(strides), pads=pads
+    )
+    cut = ctx.op(
+        "Slice", corr, ctx.i64([0] * n_sp), ctx.i64(list(kernel)), ctx.i64(list(range(2, rank)))
+    )
+    return ctx.op("Transpose", cut, perm=perm_swap)
+
+
+# -- Conv -------------------------------------------------------------------------------------
+
+
+@rule("Conv", since=1)
+def conv(ctx, dys):
+    """Y = Conv(X, W) + B: dX = ConvTranspose(dY, W), dW = a correlation of X and dY."""
+    (dy,) = dys
+    x, w, b = ctx.x(0), ctx.x(1), ctx.x(2)
+    rank = ctx.rank(x) if ctx.dims(x) is not None else ctx.rank(w)
+    n_sp = rank - 2
+    if n_sp < 1:
+        raise Unsupported("Conv needs at least one spatial axis")
+    w_dims, kernel = _kernel_dims(ctx, w, n_sp)
+    strides = [int(s) for s in ctx.attr("strides", [1] * n_sp)]
+    dilations = [int(d) for d in ctx.attr("dilations", [1] * n_sp)]
+    group = int(ctx.attr("group", 1))
+    kernel_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    spatial = _spatial(ctx, x, n_sp)
+    begins, ends = _window_pads(ctx, spatial, kernel_eff, strides, n_sp)
+    out_sp = [
+        None if h is None else _out_size(h, bb, e, k, s, False)
+        for h, bb, e, k, s in zip(spatial, begins, ends, kernel_eff, strides, strict=True)
+    ]
+    out_sp = _check_out(ctx, ctx.y(0), out_sp)
+    out = [None, None, None]
+    if ctx.needs(0):
+        pads, opad = _back_geometry(ctx, spatial, out_sp, kernel_eff, strides, begins, ends)
+        attrs = dict(strides=strides, dilations=dilations, group=group, pads=pads)
+        if any(opad):
+            attrs["output_padding"] = opad
+        out[0] = ctx.op("ConvTranspose", dy, w, kernel_shape=kernel, **attrs)
+    if ctx.needs(1):
+        out[1] = _weight_correlation(
+            ctx, x, spatial, dy, w_dims[1], group, kernel, strides, dilations, begins + ends
+        )
+    if b is not None and ctx.needs(2):
+        out[2] = _reduce_channels(ctx, dy, rank)
+    return out
