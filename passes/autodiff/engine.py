@@ -113,6 +113,13 @@ class _Emitter:
 
     def shape(self, prefix: str, v: ir.Value, start: int | None, end: int | None) -> ir.Value:
         key = (id(v), start, end)
+        if key not in self._shapes and self.opset < 15 and (start, end) != (None, None):
+            # Shape's start/end attributes are opset 15: slice the whole shape instead.
+            full = self.shape(prefix, v, None, None)
+            ends = [end if end is not None else np.iinfo(np.int64).max]
+            args = [np.asarray([start or 0]), np.asarray(ends), np.asarray([0])]
+            bounds = [self.const(a.astype(np.int64)) for a in args]
+            self._shapes[key] = self.emit(prefix, "Slice", [full, *bounds], {}, 1)[0]
         if key not in self._shapes:
             attrs: dict[str, Any] = {}
             if start is not None:

@@ -1,0 +1,478 @@
+"""Gradients of the recurrent ops LSTM, GRU and RNN (ONNX opset 7/14/22 forms).
+
+The sequence length is symbolic in exported models, so the backward pass is a loop over time in
+the graph: a ``Scan`` that runs against the forward direction, carries the gradients of the
+hidden (and cell) state, and emits per step the gradient of the gate pre-activations. What does
+not depend on the recurrence is done in bulk over all steps, outside the loop: the previous
+hidden states are the forward output ``Y`` shifted by one step (with ``initial_h``), so the
+gates are recomputed with two batched MatMuls, and the gradients of ``X``, ``W``, ``R`` and
+``B`` are one MatMul / Gemm / ReduceSum each over all steps. The loop bodies hold only the
+recurrent part (one ``[batch, gates*hidden] x [gates*hidden, hidden]`` MatMul and a few
+elementwise ops per step). LSTM also needs its cell states, which the op does not output: a
+small elementwise forward ``Scan`` recomputes them (``c_t = f_t * c_{t-1} + i_t * g_t``).
+
+Handled: layout 0 and 1; directions forward, reverse, bidirectional; optional ``B``,
+``initial_h``, ``initial_c`` (differentiable); outputs ``Y``, ``Y_h``, ``Y_c`` in any subset;
+GRU ``linear_before_reset`` 0 and 1. Unsupported: non-default activations, ``clip``, LSTM
+peepholes ``P`` and ``input_forget``, ``sequence_lens`` (unless a constant equal to a static
+sequence length).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import Unsupported
+from ..registry import rule
+
+_INT64_MAX = np.iinfo(np.int64).max
+
+_DEFAULT_ACTIVATIONS = {
+    "LSTM": ["sigmoid", "tanh", "tanh"],
+    "GRU": ["sigmoid", "tanh"],
+    "RNN": ["tanh"],
+}
+_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
+def _fresh(ctx, name: str) -> str:
+    """A name unique in the whole model (outer graph, gradient nodes and loop bodies)."""
+    return ctx._e.unique(f"{ctx._prefix}/{name}")
+
+
+class _Body:
+    """Builds a ``Scan`` body (an ``ir.Graph``) whose names are unique in the model.
+
+    Body nodes may read tensors of the outer graph (weights) directly.
+    """
+
+    def __init__(self, ctx, label: str, dtype: ir.DataType) -> None:
+        self.ctx = ctx
+        self.base = _fresh(ctx, label)
+        self.dtype = dtype
+        self.inputs: list[ir.Value] = []
+        self.nodes: list[ir.Node] = []
+
+    def input(self, label: str) -> ir.Value:
+        name = self.ctx._e.unique(f"{self.base}/{label}")
+        v = ir.Value(name=name, type=ir.TensorType(self.dtype))
+        self.inputs.append(v)
+        return v
+
+    def op(self, op_type: str, *inputs: ir.Value, **attrs) -> ir.Value:
+        name = self.ctx._e.unique(f"{self.base}/{op_type}")
+        node = ir.Node(
+            "",
+            op_type,
+            list(inputs),
+            attributes=[ir.convenience.convert_attribute(k, v) for k, v in attrs.items()],
+            num_outputs=1,
+            name=name,
+        )
+        node.outputs[0].name = self.ctx._e.unique(f"{name}_out")
+        self.nodes.append(node)
+        return node.outputs[0]
+
+    def graph(self, outputs: list[ir.Value]) -> ir.Graph:
+        for o in outputs:
+            if o.dtype is None:
+                o.dtype = self.dtype
+        return ir.Graph(self.inputs, outputs, nodes=self.nodes, name=self.base)
+
+
+def _scan(ctx, body: _Body, outputs, states, scans, num_scan_outputs: int, reverse: bool):
+    """Run ``body`` over the leading axis of ``scans``; returns final states + stacked outputs."""
+    direction = 1 if reverse else 0
+    return ctx.op_multi(
+        "Scan",
+        *states,
+        *scans,
+        num_outputs=len(states) + num_scan_outputs,
+        body=body.graph(outputs),
+        num_scan_inputs=len(scans),
+        scan_input_directions=[direction] * len(scans),
+        scan_output_directions=[direction] * num_scan_outputs,
+    )
+
+
+def _shift(ctx, seq, first, reverse: bool):
+    """The state before each step: ``[first, seq[:-1]]``, or ``[seq[1:], first]`` in reverse.
+
+    ``first`` None means zeros.
+    """
+    if reverse:
+        rest = ctx.op("Slice", seq, ctx.i64([1]), ctx.i64([_INT64_MAX]), ctx.i64([0]))
+    else:
+        rest = ctx.op("Slice", seq, ctx.i64([0]), ctx.i64([-1]), ctx.i64([0]))
+    if first is None:
+        pads = [0, 0, 0, 1, 0, 0] if reverse else [1, 0, 0, 0, 0, 0]
+        return ctx.op("Pad", rest, ctx.i64(pads))
+    first = ctx.unsqueeze(first, [0])
+    return (
+        ctx.op("Concat", rest, first, axis=0) if reverse else ctx.op("Concat", first, rest, axis=0)
+    )
+
+
+class _Common:
+    """What every direction shares: sizes, reshaped inputs, zeros, bulk weight gradients."""
+
+    def __init__(self, ctx, kind: str) -> None:
+        self.ctx = ctx
+        self.kind = kind
+        x, w, r = ctx.x(0), ctx.x(1), ctx.x(2)
+        self.layout = int(ctx.attr("layout", 0))
+        if self.layout not in (0, 1):
+            raise Unsupported(f"layout={self.layout}")
+        direction = ctx.attr("direction", "forward")
+        if direction not in ("forward", "reverse", "bidirectional"):
+            raise Unsupported(f"direction={direction!r}")
+        self.direction = direction
+        self.nd = 2 if direction == "bidirectional" else 1
+        if ctx.attr("clip") is not None:
+            raise Unsupported("clip is not supported")
+        acts = ctx.attr("activations")
+        if acts is not None:
+            if [a.lower() for a in acts] != _DEFAULT_ACTIVATIONS[kind] * self.nd:
+                raise Unsupported(f"activations {acts} (only the defaults are supported)")
+        if kind == "LSTM":
+            if int(ctx.attr("input_forget", 0)) != 0:
+                raise Unsupported("input_forget=1 is not supported")
+            if ctx.x(7) is not None:
+                raise Unsupported("peepholes (input P) are not supported")
+        if ctx.x(4) is not None:
+            lens = ctx.const_input(4)
+            t_dim = (ctx.dims(x) or [None, None])[self.layout]
+            if lens is None or not isinstance(t_dim, int) or not np.all(lens == t_dim):
+                raise Unsupported("sequence_lens is given (only the full length is supported)")
+        hidden = ctx.attr("hidden_size")
+        if hidden is None:
+            rd = ctx.dims(r)
+            hidden = rd[-1] if rd is not None else None
+            if not isinstance(hidden, int):
+                raise Unsupported("hidden_size is unknown")
+        self.H = int(hidden)
+        self.G = _GATES[kind] * self.H
+        self.dtype = ctx.dtype(x)
+        self.x = x
+        self.w, self.r, self.b = w, r, ctx.x(3)
+        # X as [seq, batch, input].
+        self.x3 = x if self.layout == 0 else ctx.op("Transpose", x, perm=[1, 0, 2])
+        self._x2 = None
+        self._zeros = None
+
+    # -- per direction slices --------------------------------------------------------------
+    def pick(self, v, d: int, axis: int):
+        return self.ctx.op("Gather", v, self.ctx.i64(d), axis=axis)
+
+    def seq_dir(self, y, d: int):
+        """Direction ``d`` of a Y-shaped tensor as [seq, batch, hidden]."""
+        if self.layout == 0:
+            return self.pick(y, d, 1)
+        return self.ctx.op("Transpose", self.pick(y, d, 2), perm=[1, 0, 2])
+
+    def state_dir(self, s, d: int):
+        """Direction ``d`` of a Y_h-shaped tensor as [batch, hidden]."""
+        return None if s is None else self.pick(s, d, 0 if self.layout == 0 else 1)
+
+    def zeros(self):
+        """Zeros of [batch, hidden]."""
+        if self._zeros is None:
+            ctx = self.ctx
+            b_axis = 1 if self.layout == 0 else 0
+            shape = ctx.op(
+                "Concat", ctx.shape(self.x, b_axis, b_axis + 1), ctx.i64([self.H]), axis=0
+            )
+            self._zeros = ctx.op("Expand", ctx.scalar(0.0, self.x), shape)
+        return self._zeros
+
+    # -- bulk helpers ----------------------------------------------------------------------
+    def rows(self, v, width):
+        """[seq, batch, width] -> [seq*batch, width]; width an int or an int64 [1] tensor."""
+        if isinstance(width, int):
+            return self.ctx.reshape(v, [-1, width])
+        return self.ctx.reshape(v, self.ctx.op("Concat", self.ctx.i64([-1]), width, axis=0))
+
+    def x2(self):
+        if self._x2 is None:
+            self._x2 = self.rows(self.x3, self.ctx.shape(self.x, 2, 3))
+        return self._x2
+
+    def outer(self, da, v, da_width: int, v_width):
+        """sum over steps and batch of da^T v: [da_width, v_width]."""
+        v2 = self.x2() if v is self.x3 else self.rows(v, v_width)
+        return self.ctx.op("Gemm", self.rows(da, da_width), v2, transA=1)
+
+    def bias_sum(self, da):
+        return self.ctx.reduce_sum(da, [0, 1], keepdims=False)
+
+    def pre(self, inp, m):
+        """inp @ m^T for inp [seq, batch, k], m [n, k]."""
+        return self.ctx.op("MatMul", inp, self.ctx.op("Transpose", m, perm=[1, 0]))
+
+
+def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
+    ctx, H = c.ctx, c.H
+    w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
+    hprev = _shift(ctx, y_d, h0, reverse)
+    a = ctx.op("Add", c.pre(c.x3, w_d), c.pre(hprev, r_d))
+    b_d = None
+    if c.b is not None:
+        b_d = c.pick(c.b, d, 0)
+        a = ctx.op("Add", a, ctx.op("Add", *ctx.split(b_d, [c.G, c.G], 0, 2)))
+    a_s, a_g = ctx.split(a, [3 * H, H], -1, 2)
+    s = ctx.op("Sigmoid", a_s)  # i, o, f
+    g = ctx.op("Tanh", a_g)
+    i, o, f = ctx.split(s, [H, H, H], -1, 3)
+    ig = ctx.op("Mul", i, g)
+
+    # Forward loop: the cell states c_t = f_t * c_{t-1} + i_t * g_t.
+    body = _Body(ctx, "cell_scan", c.dtype)
+    c_prev, f_t, ig_t = body.input("c_prev"), body.input("f"), body.input("ig")
+    c_new = body.op("Add", body.op("Mul", f_t, c_prev), ig_t)
+    c_seq = body.op("Identity", c_new)
+    c_init = c0 if c0 is not None else c.zeros()
+    _, cells = _scan(ctx, body, [c_new, c_seq], [c_init], [f, ig], 1, reverse)
+    cprev = _shift(ctx, cells, c0, reverse)
+    tc = ctx.op("Tanh", cells)
+
+    # d a_{i,o,f,g} = [dc, dh, dc, dc] * k, with dc the total cell gradient of the step.
+    one = ctx.scalar(1.0, c.x)
+    k_iof = ctx.op(
+        "Mul", ctx.op("Sub", s, ctx.op("Mul", s, s)), ctx.op("Concat", g, tc, cprev, axis=-1)
+    )
+    k_g = ctx.op("Mul", i, ctx.op("Sub", one, ctx.op("Mul", g, g)))
+    k = ctx.op("Concat", k_iof, k_g, axis=-1)
+    k2 = ctx.op("Mul", o, ctx.op("Sub", one, ctx.op("Mul", tc, tc)))  # dc += dh * k2
+
+    body = _Body(ctx, "lstm_grad_scan", c.dtype)
+    dh_c, dc_c = body.input("dh"), body.input("dc")
+    dy_t = body.input("dy") if dy is not None else None
+    k_t, k2_t, f_t = body.input("k"), body.input("k2"), body.input("f")
+    dh = body.op("Add", dh_c, dy_t) if dy_t is not None else dh_c
+    dct = body.op("Add", dc_c, body.op("Mul", dh, k2_t))
+    da = body.op("Mul", body.op("Concat", dct, dh, dct, dct, axis=-1), k_t)
+    dh_new = body.op("MatMul", da, r_d)
+    dc_new = body.op("Mul", dct, f_t)
+    scans = ([dy] if dy is not None else []) + [k, k2, f]
+    states = [dyh if dyh is not None else c.zeros(), dyc if dyc is not None else c.zeros()]
+    dh0, dc0, da_all = _scan(ctx, body, [dh_new, dc_new, da], states, scans, 1, not reverse)
+
+    out = {"dh0": dh0, "dc0": dc0}
+    if ctx.needs(0):
+        out["dx"] = ctx.op("MatMul", da_all, w_d)
+    if ctx.needs(1):
+        out["dw"] = c.outer(da_all, c.x3, c.G, None)
+    if ctx.needs(2):
+        out["dr"] = c.outer(da_all, hprev, c.G, H)
+    if ctx.needs(3):
+        db = c.bias_sum(da_all)
+        out["db"] = ctx.op("Concat", db, db, axis=0)
+    return out
+
+
+def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
+    ctx, H = c.ctx, c.H
+    lbr = int(ctx.attr("linear_before_reset", 0))
+    w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
+    hprev = _shift(ctx, y_d, h0, reverse)
+    xw = c.pre(c.x3, w_d)
+    wb = rb = None
+    if c.b is not None:
+        wb, rb = ctx.split(c.pick(c.b, d, 0), [c.G, c.G], 0, 2)
+        xw = ctx.op("Add", xw, wb)
+    xw_zr, xw_h = ctx.split(xw, [2 * H, H], -1, 2)
+    one = ctx.scalar(1.0, c.x)
+    if lbr:
+        hr = c.pre(hprev, r_d)
+        if rb is not None:
+            hr = ctx.op("Add", hr, rb)
+        hr_zr, hr_h = ctx.split(hr, [2 * H, H], -1, 2)
+    else:
+        r_zr, r_h = ctx.split(r_d, [2 * H, H], 0, 2)
+        hr_zr = c.pre(hprev, r_zr)
+        if rb is not None:
+            rb_zr, rb_h = ctx.split(rb, [2 * H, H], 0, 2)
+            hr_zr = ctx.op("Add", hr_zr, rb_zr)
+    zr = ctx.op("Sigmoid", ctx.op("Add", xw_zr, hr_zr))
+    z, r = ctx.split(zr, [H, H], -1, 2)
+    if lbr:
+        hh = ctx.op("Tanh", ctx.op("Add", xw_h, ctx.op("Mul", r, hr_h)))
+    else:
+        rh = ctx.op("Mul", r, hprev)
+        a_h = ctx.op("Add", xw_h, c.pre(rh, r_h))
+        if rb is not None:
+            a_h = ctx.op("Add", a_h, rb_h)
+        hh = ctx.op("Tanh", a_h)
+
+    # h_t = (1 - z) * hh + z * h_{t-1}
+    dzr = ctx.op("Sub", zr, ctx.op("Mul", zr, zr))
+    dz, dr = ctx.split(dzr, [H, H], -1, 2)
+    kz = ctx.op("Mul", ctx.op("Sub", hprev, hh), dz)
+    kh = ctx.op("Mul", ctx.op("Sub", one, z), ctx.op("Sub", one, ctx.op("Mul", hh, hh)))
+
+    body = _Body(ctx, "gru_grad_scan", c.dtype)
+    dh_c = body.input("dh")
+    dy_t = body.input("dy") if dy is not None else None
+    if lbr:
+        # Every pre-activation gradient is dh times a per-step factor.
+        kr = ctx.op("Mul", ctx.op("Mul", kh, hr_h), dr)
+        k = ctx.op("Concat", kz, kr, kh, axis=-1)  # d (x W^T + Wb)
+        k2 = ctx.op("Concat", kz, kr, ctx.op("Mul", kh, r), axis=-1)  # d (h R^T + Rb)
+        k2_t, z_t = body.input("k2"), body.input("z")
+        dh = body.op("Add", dh_c, dy_t) if dy_t is not None else dh_c
+        dg = body.op("Mul", body.op("Concat", dh, dh, dh, axis=-1), k2_t)
+        dh_new = body.op("Add", body.op("MatMul", dg, r_d), body.op("Mul", dh, z_t))
+        dh_seq = body.op("Identity", dh) if dy_t is None else dh
+        scans = ([dy] if dy is not None else []) + [k2, z]
+        dh0, dh_all = _scan(
+            ctx,
+            body,
+            [dh_new, dh_seq],
+            [dyh if dyh is not None else c.zeros()],
+            scans,
+            1,
+            not reverse,
+        )
+        d3 = ctx.op("Concat", dh_all, dh_all, dh_all, axis=-1)
+        dxw = ctx.op("Mul", d3, k)
+        dhr = ctx.op("Mul", d3, k2)
+    else:
+        kr = ctx.op("Mul", hprev, dr)
+        kz_t, kh_t, kr_t = body.input("kz"), body.input("kh"), body.input("kr")
+        z_t, r_t = body.input("z"), body.input("r")
+        dh = body.op("Add", dh_c, dy_t) if dy_t is not None else dh_c
+        da_z = body.op("Mul", dh, kz_t)
+        da_h = body.op("Mul", dh, kh_t)
+        m = body.op("MatMul", da_h, r_h)  # d (r * h_{t-1})
+        da_zr = body.op("Concat", da_z, body.op("Mul", m, kr_t), axis=-1)
+        da = body.op("Concat", da_zr, da_h, axis=-1)
+        dh_new = body.op(
+            "Add",
+            body.op("Add", body.op("Mul", dh, z_t), body.op("Mul", m, r_t)),
+            body.op("MatMul", da_zr, r_zr),
+        )
+        scans = ([dy] if dy is not None else []) + [kz, kh, kr, z, r]
+        dh0, dxw = _scan(
+            ctx, body, [dh_new, da], [dyh if dyh is not None else c.zeros()], scans, 1, not reverse
+        )
+
+    out = {"dh0": dh0}
+    if ctx.needs(0):
+        out["dx"] = ctx.op("MatMul", dxw, w_d)
+    if ctx.needs(1):
+        out["dw"] = c.outer(dxw, c.x3, c.G, None)
+    if ctx.needs(2):
+        if lbr:
+            out["dr"] = c.outer(dhr, hprev, c.G, H)
+        else:
+            dxw_zr, dxw_h = ctx.split(dxw, [2 * H, H], -1, 2)
+            out["dr"] = ctx.op(
+                "Concat", c.outer(dxw_zr, hprev, 2 * H, H), c.outer(dxw_h, rh, H, H), axis=0
+            )
+    if ctx.needs(3):
+        dwb = c.bias_sum(dxw)
+        out["db"] = ctx.op("Concat", dwb, c.bias_sum(dhr) if lbr else dwb, axis=0)
+    return out
+
+
+def _rnn_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
+    ctx, H = c.ctx, c.H
+    w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
+    k = ctx.op("Sub", ctx.scalar(1.0, c.x), ctx.op("Mul", y_d, y_d))  # tanh'
+
+    body = _Body(ctx, "rnn_grad_scan", c.dtype)
+    dh_c = body.input("dh")
+    dy_t = body.input("dy") if dy is not None else None
+    k_t = body.input("k")
+    dh = body.op("Add", dh_c, dy_t) if dy_t is not None else dh_c
+    da = body.op("Mul", dh, k_t)
+    dh_new = body.op("MatMul", da, r_d)
+    scans = ([dy] if dy is not None else []) + [k]
+    dh0, da_all = _scan(
+        ctx, body, [dh_new, da], [dyh if dyh is not None else c.zeros()], scans, 1, not reverse
+    )
+
+    out = {"dh0": dh0}
+    if ctx.needs(0):
+        out["dx"] = ctx.op("MatMul", da_all, w_d)
+    if ctx.needs(1):
+        out["dw"] = c.outer(da_all, c.x3, c.G, None)
+    if ctx.needs(2):
+        out["dr"] = c.outer(da_all, _shift(ctx, y_d, h0, reverse), c.G, H)
+    if ctx.needs(3):
+        db = c.bias_sum(da_all)
+        out["db"] = ctx.op("Concat", db, db, axis=0)
+    return out
+
+
+def _recurrent(ctx, dys, kind: str):
+    c = _Common(ctx, kind)
+    dys = list(dys) + [None] * 3
+    dy, dyh, dyc = dys[0], dys[1], dys[2] if kind == "LSTM" else None
+    y = ctx.y(0)
+    if y is None:  # Y is not an output of the node: run the op again for it.
+        node = ctx.node
+        attrs = {k: ir.Attr(a.name, a.type, a.value) for k, a in node.attributes.items()}
+        y = ctx.op(node.op_type, *node.inputs, **attrs)
+    h0_all = ctx.x(5)
+    c0_all = ctx.x(6) if kind == "LSTM" else None
+
+    results = []
+    for d in range(c.nd):
+        reverse = c.direction == "reverse" or d == 1
+        y_d = c.seq_dir(y, d)
+        dy_d = c.seq_dir(dy, d) if dy is not None else None
+        h0 = c.state_dir(h0_all, d)
+        if kind == "LSTM":
+            res = _lstm_dir(
+                c,
+                d,
+                reverse,
+                y_d,
+                dy_d,
+                c.state_dir(dyh, d),
+                c.state_dir(dyc, d),
+                h0,
+                c.state_dir(c0_all, d),
+            )
+        elif kind == "GRU":
+            res = _gru_dir(c, d, reverse, y_d, dy_d, c.state_dir(dyh, d), h0)
+        else:
+            res = _rnn_dir(c, d, reverse, y_d, dy_d, c.state_dir(dyh, d), h0)
+        results.append(res)
+
+    def stack(key, axis):
+        parts = [ctx.unsqueeze(res[key], [axis]) for res in results]
+        return parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=axis)
+
+    grads: list = [None] * 7
+    if ctx.needs(0):
+        dx = results[0]["dx"]
+        for res in results[1:]:
+            dx = ctx.op("Add", dx, res["dx"])
+        grads[0] = dx if c.layout == 0 else ctx.op("Transpose", dx, perm=[1, 0, 2])
+    for i, key in ((1, "dw"), (2, "dr"), (3, "db")):
+        if ctx.needs(i) and ctx.x(i) is not None:
+            grads[i] = stack(key, 0)
+    state_axis = 0 if c.layout == 0 else 1
+    if h0_all is not None and ctx.needs(5):
+        grads[5] = stack("dh0", state_axis)
+    if c0_all is not None and ctx.needs(6):
+        grads[6] = stack("dc0", state_axis)
+    return grads
+
+
+@rule("LSTM", since=7)
+def lstm(ctx, dys):
+    return _recurrent(ctx, dys, "LSTM")
+
+
+@rule("GRU", since=7)
+def gru(ctx, dys):
+    return _recurrent(ctx, dys, "GRU")
+
+
+@rule("RNN", since=7)
+def rnn(ctx, dys):
+    return _recurrent(ctx, dys, "RNN")
