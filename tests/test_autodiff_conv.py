@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch.nn.functional as F
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.ops.op_conv_transpose import ConvTranspose as _RefConvTranspose
 
+import tests.gradcheck
 from tests.gradcheck import check_op
 
 R = np.random.default_rng(0)
@@ -25,11 +30,11 @@ def _same_pads(size, k, s, upper=True):
 
 CONV2D = [
     # name, x shape, w shape, attrs
-    ("plain", (2, 3, 5, 5), (4, 3, 3, 3), {}),
-    ("pads_strides", (2, 3, 6, 6), (4, 3, 3, 3), {"pads": [1, 0, 2, 1], "strides": [2, 2]}),
+    ("plain", (2, 2, 4, 4), (3, 2, 3, 3), {}),
+    ("pads_strides", (1, 2, 6, 6), (3, 2, 3, 3), {"pads": [1, 0, 2, 1], "strides": [2, 2]}),
     ("dilations", (1, 2, 6, 5), (2, 2, 2, 3), {"dilations": [2, 1], "strides": [1, 2]}),
-    ("groups", (2, 4, 5, 5), (6, 2, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
-    ("depthwise", (2, 3, 6, 6), (3, 1, 3, 3), {"group": 3, "strides": [2, 2], "pads": [1] * 4}),
+    ("groups", (1, 4, 5, 5), (4, 2, 3, 3), {"group": 2, "pads": [1, 1, 1, 1]}),
+    ("depthwise", (2, 3, 5, 5), (3, 1, 3, 3), {"group": 3, "strides": [2, 2], "pads": [1] * 4}),
     ("same_upper", (1, 2, 6, 5), (3, 2, 3, 2), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
     ("same_lower", (1, 2, 5, 6), (3, 2, 2, 3), {"auto_pad": "SAME_LOWER", "strides": [2, 1]}),
     ("valid", (1, 2, 5, 5), (3, 2, 2, 2), {"auto_pad": "VALID", "strides": [2, 2]}),
@@ -93,3 +98,285 @@ def test_conv3d():
         attrs=attrs,
         torch_fn=_conv_torch(attrs, (1, 2, 4, 3, 3), (2, 1, 2, 2, 2)),
     )
+
+
+# -- ConvTranspose ------------------------------------------------------------------------------
+
+
+class ConvTranspose(_RefConvTranspose):
+    """onnx.reference's ConvTranspose, fixed for group > 1 and output_shape (even padding)."""
+
+    op_domain = ""
+
+    def _run(
+        self,
+        x,
+        w,
+        b=None,
+        auto_pad=None,
+        dilations=None,
+        group=None,
+        kernel_shape=None,
+        output_padding=None,
+        output_shape=None,
+        pads=None,
+        strides=None,
+    ):
+        n = x.ndim - 2
+        strides = strides or [1] * n
+        dilations = dilations or [1] * n
+        opad = output_padding or [0] * n
+        if output_shape is not None:
+            half = []
+            for h, o, k, s, d, p in zip(
+                x.shape[2:], output_shape[-n:], w.shape[2:], strides, dilations, opad, strict=True
+            ):
+                total = s * (h - 1) + p + (k - 1) * d + 1 - o
+                assert total % 2 == 0
+                half.append(total // 2)
+            pads = half + half
+        g = group or 1
+        xs, ws = np.split(x, g, axis=1), np.split(w, g, axis=0)
+        bs = np.split(b, g) if b is not None else [None] * g
+        outs = [
+            super(ConvTranspose, self)._run(
+                xx,
+                ww,
+                bb,
+                auto_pad,
+                dilations,
+                1,
+                kernel_shape,
+                output_padding,
+                None,
+                pads,
+                strides,
+            )[0]
+            for xx, ww, bb in zip(xs, ws, bs, strict=True)
+        ]
+        return (np.concatenate(outs, axis=1),)
+
+
+@pytest.fixture
+def fixed_reference(monkeypatch):
+    monkeypatch.setattr(
+        tests.gradcheck,
+        "ReferenceEvaluator",
+        functools.partial(ReferenceEvaluator, new_ops=[ConvTranspose]),
+    )
+
+
+def _conv_t_torch(attrs, n):
+    def fn(x, w, b=None):
+        strides = attrs.get("strides", [1] * n)
+        dil = attrs.get("dilations", [1] * n)
+        opad = attrs.get("output_padding", [0] * n)
+        p = attrs.get("pads", [0] * 2 * n)
+        convt = F.conv_transpose1d if n == 1 else F.conv_transpose2d
+        y = convt(
+            x, w, b, stride=strides, output_padding=opad, groups=attrs.get("group", 1), dilation=dil
+        )
+        idx = [slice(None), slice(None)]
+        for i in range(n):
+            idx.append(slice(p[i], y.shape[2 + i] - p[n + i]))
+        return y[tuple(idx)]
+
+    return fn
+
+
+CONVT = [
+    ("plain", (2, 2, 3, 3), (2, 2, 3, 3), {}),
+    (
+        "strides_pads_opad",
+        (2, 3, 3, 4),
+        (3, 2, 3, 2),
+        {"strides": [2, 3], "pads": [1, 0, 0, 1], "output_padding": [1, 2]},
+    ),
+    (
+        "groups_dil",
+        (1, 4, 4, 3),
+        (4, 3, 2, 3),
+        {"group": 2, "dilations": [2, 1], "strides": [2, 1]},
+    ),
+    ("depthwise", (2, 3, 3, 3), (3, 1, 3, 3), {"group": 3, "strides": [2, 2], "pads": [1] * 4}),
+]
+
+
+@pytest.mark.parametrize("name,xs,ws,attrs", CONVT, ids=[c[0] for c in CONVT])
+def test_conv_transpose2d(name, xs, ws, attrs, fixed_reference):
+    cout = ws[1] * attrs.get("group", 1)
+    check_op(
+        "ConvTranspose",
+        {"x": _r(*xs), "w": _r(*ws), "b": _r(cout)},
+        attrs=attrs,
+        torch_fn=_conv_t_torch(attrs, 2),
+    )
+
+
+def test_conv_transpose1d_output_shape(fixed_reference):
+    # output_shape 8 from in 4, stride 2, k 4: total padding 2*3 + 4 - 8 = 2 (even)
+    attrs = {"strides": [2], "output_shape": [8]}
+    check_op(
+        "ConvTranspose",
+        {"x": _r(2, 2, 4), "w": _r(2, 3, 4)},
+        attrs=attrs,
+        torch_fn=_conv_t_torch({"strides": [2], "pads": [1, 1]}, 1),
+    )
+
+
+def test_conv_transpose_odd_output_shape_is_unsupported():
+    from passes.autodiff.errors import GradientBuildError
+
+    with pytest.raises(GradientBuildError, match="odd"):
+        check_op(
+            "ConvTranspose",
+            {"x": _r(1, 2, 4), "w": _r(2, 3, 3)},
+            attrs={"strides": [2], "output_shape": [8]},
+        )
+
+
+# -- MaxPool ------------------------------------------------------------------------------------
+
+
+def _max_pool_torch(attrs, n=2):
+    def fn(x):
+        k = attrs["kernel_shape"]
+        p = attrs.get("pads", [0] * 2 * n)
+        tp = []
+        for i in reversed(range(n)):
+            tp += [p[i], p[n + i]]
+        if attrs.get("ceil_mode"):  # symmetric pads only
+            return F.max_pool2d(
+                x,
+                k,
+                attrs.get("strides", [1] * n),
+                p[:n],
+                attrs.get("dilations", [1] * n),
+                ceil_mode=True,
+            )
+        x = F.pad(x, tp, value=-float("inf"))
+        return F.max_pool2d(x, k, attrs.get("strides", [1] * n), 0, attrs.get("dilations", [1] * n))
+
+    return fn
+
+
+MAXPOOL = [
+    ("overlap", {"kernel_shape": [3, 3], "strides": [1, 1]}),
+    ("pads_strides", {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1]}),
+    ("dilations", {"kernel_shape": [2, 2], "dilations": [2, 1], "strides": [1, 2]}),
+    ("ceil", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}),
+    ("same_upper", {"kernel_shape": [3, 3], "strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+]
+
+
+@pytest.mark.parametrize("outputs,opset", [(1, 17), (2, 13)])
+@pytest.mark.parametrize("name,attrs", MAXPOOL, ids=[c[0] for c in MAXPOOL])
+def test_max_pool(name, attrs, outputs, opset):
+    tfn = None
+    if attrs.get("auto_pad") is None:
+        tfn = _max_pool_torch(attrs)
+    check_op(
+        "MaxPool",
+        {"x": _r(1, 2, 6, 5)},
+        attrs=attrs,
+        num_outputs=outputs,
+        loss_outputs=[0],
+        opset=opset,
+        torch_fn=tfn,
+    )
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_max_pool_storage_order(opset):
+    attrs = {"kernel_shape": [2, 2], "strides": [1, 1], "storage_order": 1}
+    check_op(
+        "MaxPool",
+        {"x": _r(1, 2, 4, 5)},
+        attrs=attrs,
+        num_outputs=2,
+        loss_outputs=[0],
+        opset=opset,
+        torch_fn=_max_pool_torch(attrs),
+    )
+
+
+def test_max_pool1d():
+    attrs = {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}
+    check_op(
+        "MaxPool",
+        {"x": _r(2, 2, 7)},
+        attrs=attrs,
+        opset=13,
+        torch_fn=lambda x: F.max_pool1d(x, 3, 2, 1),
+    )
+
+
+# -- AveragePool ----------------------------------------------------------------------------------
+
+
+AVGPOOL = [
+    ("plain", {"kernel_shape": [3, 3], "strides": [1, 1]}),
+    (
+        "pads_incl",
+        {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "count_include_pad": 1},
+    ),
+    ("pads_excl", {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
+    (
+        "ceil_excl",
+        {"kernel_shape": [2, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1},
+    ),
+    (
+        "ceil_incl",
+        {
+            "kernel_shape": [3, 3],
+            "strides": [2, 2],
+            "pads": [1, 1, 1, 1],
+            "ceil_mode": 1,
+            "count_include_pad": 1,
+        },
+    ),
+    ("asym_excl", {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 1, 1, 2]}),
+    (
+        "asym_incl",
+        {"kernel_shape": [2, 3], "strides": [1, 2], "pads": [0, 1, 1, 2], "count_include_pad": 1},
+    ),
+    ("same_lower", {"kernel_shape": [3, 2], "strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+]
+
+
+def _avg_pool_torch(attrs):
+    k, s = attrs["kernel_shape"], attrs.get("strides", [1, 1])
+    p = attrs.get("pads", [0] * 4)
+    incl = bool(attrs.get("count_include_pad", 0))
+    if p[:2] == p[2:]:
+        return lambda x: F.avg_pool2d(x, k, s, p[:2], bool(attrs.get("ceil_mode")), incl)
+    tp = [p[1], p[3], p[0], p[2]]
+
+    def fn(x):
+        xp = F.pad(x, tp)
+        if incl:
+            return F.avg_pool2d(xp, k, s)
+        ones = F.pad(x.detach() * 0 + 1, tp)
+        return F.avg_pool2d(xp, k, s) / F.avg_pool2d(ones, k, s)
+
+    return fn
+
+
+@pytest.mark.parametrize("name,attrs", AVGPOOL, ids=[c[0] for c in AVGPOOL])
+def test_average_pool(name, attrs):
+    tfn = None if "auto_pad" in attrs else _avg_pool_torch(attrs)
+    check_op("AveragePool", {"x": _r(1, 2, 6, 5)}, attrs=attrs, torch_fn=tfn)
+
+
+def test_average_pool_dilations_opset19():
+    attrs = {"kernel_shape": [2, 2], "strides": [1, 2], "dilations": [2, 2], "pads": [1, 0, 0, 1]}
+    check_op("AveragePool", {"x": _r(1, 2, 5, 6)}, attrs=attrs, opset=19)
+
+
+def test_global_pools():
+    check_op(
+        "GlobalAveragePool",
+        {"x": _r(2, 2, 3, 4)},
+        torch_fn=lambda x: x.mean(dim=(2, 3), keepdim=True),
+    )
+    check_op("GlobalMaxPool", {"x": _r(2, 2, 3, 4)}, torch_fn=lambda x: F.adaptive_max_pool2d(x, 1))

@@ -201,3 +201,225 @@ def conv(ctx, dys):
     if b is not None and ctx.needs(2):
         out[2] = _reduce_channels(ctx, dy, rank)
     return out
+
+
+# -- ConvTranspose ----------------------------------------------------------------------------
+
+
+@rule("ConvTranspose", since=1)
+def conv_transpose(ctx, dys):
+    """Y = ConvTranspose(X, W) + B, the adjoint of Conv(., W): dX = Conv(dY, W).
+
+    dW is the weight correlation of that Conv with dY as its input and X as its output
+    gradient. Pads from ``output_shape`` or ``auto_pad=SAME_*`` are supported when their total
+    is even (the split is then the same under every convention).
+    """
+    (dy,) = dys
+    x, w, b = ctx.x(0), ctx.x(1), ctx.x(2)
+    rank = ctx.rank(x) if ctx.dims(x) is not None else ctx.rank(w)
+    n_sp = rank - 2
+    if n_sp < 1:
+        raise Unsupported("ConvTranspose needs at least one spatial axis")
+    w_dims, kernel = _kernel_dims(ctx, w, n_sp)
+    strides = [int(s) for s in ctx.attr("strides", [1] * n_sp)]
+    dilations = [int(d) for d in ctx.attr("dilations", [1] * n_sp)]
+    group = int(ctx.attr("group", 1))
+    opad = [int(p) for p in ctx.attr("output_padding", [0] * n_sp)]
+    kernel_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    if any(p >= s and p >= d for p, s, d in zip(opad, strides, dilations, strict=True)):
+        raise Unsupported("output_padding must be smaller than the stride or the dilation")
+    if any(p >= s for p, s in zip(opad, strides, strict=True)):
+        raise Unsupported("output_padding >= stride is not supported")
+    spatial = _spatial(ctx, x, n_sp)
+    auto_pad = ctx.attr("auto_pad", "NOTSET") or "NOTSET"
+    output_shape = ctx.attr("output_shape")
+    if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        if any(h is None for h in spatial):
+            raise Unsupported("output_shape/auto_pad=SAME need static spatial sizes")
+        if output_shape:
+            target = [int(o) for o in output_shape][-n_sp:]
+        else:
+            target = [h * s for h, s in zip(spatial, strides, strict=True)]
+        begins = []
+        for h, o, k, s, p in zip(spatial, target, kernel_eff, strides, opad, strict=True):
+            total = s * (h - 1) + p + k - o
+            if total < 0 or total % 2:
+                raise Unsupported(f"the implied total padding {total} is odd or negative")
+            begins.append(total // 2)
+        ends = list(begins)
+    elif auto_pad == "VALID":
+        begins, ends = [0] * n_sp, [0] * n_sp
+    elif auto_pad == "NOTSET":
+        pads = [int(p) for p in ctx.attr("pads", [0] * (2 * n_sp))]
+        begins, ends = pads[:n_sp], pads[n_sp:]
+    else:
+        raise Unsupported(f"auto_pad={auto_pad!r} is not supported")
+    y_spatial = [
+        None if h is None else s * (h - 1) + p + k - bb - e
+        for h, s, p, k, bb, e in zip(spatial, strides, opad, kernel_eff, begins, ends, strict=True)
+    ]
+    y_spatial = _check_out(ctx, ctx.y(0), y_spatial)
+    out = [None, None, None]
+    attrs = dict(strides=strides, dilations=dilations, group=group, pads=begins + ends)
+    if ctx.needs(0):
+        out[0] = ctx.op("Conv", dy, w, kernel_shape=kernel, **attrs)
+    if ctx.needs(1):
+        out[1] = _weight_correlation(
+            ctx, dy, y_spatial, x, w_dims[1], group, kernel, strides, dilations, begins + ends
+        )
+    if b is not None and ctx.needs(2):
+        out[2] = _reduce_channels(ctx, dy, rank)
+    return out
+
+
+# -- pooling ----------------------------------------------------------------------------------
+
+
+def _pool_geometry(ctx, x, n_sp, dilations):
+    """(spatial, out_sp, kernel, kernel_eff, strides, begins, ends, ceil) of a pooling node."""
+    kernel = [int(k) for k in ctx.attr("kernel_shape")]
+    if len(kernel) != n_sp:
+        raise Unsupported("kernel_shape does not match the input's rank")
+    strides = [int(s) for s in ctx.attr("strides", [1] * n_sp)]
+    ceil = bool(ctx.attr("ceil_mode", 0))
+    kernel_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    spatial = _spatial(ctx, x, n_sp)
+    begins, ends = _window_pads(ctx, spatial, kernel_eff, strides, n_sp)
+    out_sp = [
+        None if h is None else _out_size(h, bb, e, k, s, ceil)
+        for h, bb, e, k, s in zip(spatial, begins, ends, kernel_eff, strides, strict=True)
+    ]
+    out_sp = _check_out(ctx, ctx.y(0), out_sp)
+    return spatial, out_sp, kernel, kernel_eff, strides, begins, ends, ceil
+
+
+@rule("MaxPool", since=1)
+def max_pool(ctx, dys):
+    """dY scatter-added into zeros shaped like X, at the positions of the Indices output.
+
+    The indices are the node's own second output (row-major), else those of an extra
+    2-output MaxPool. Opset >= 16: one ScatterElements(reduction='add') on the flat tensor.
+    Opset 13-15: each dY value is routed to its window tap by a mask (tap table == index) and
+    spread by a ConvTranspose with one-hot kernels (overlapping windows add up).
+    """
+    dy = dys[0]
+    if dy is None or not ctx.needs(0):
+        return [None]
+    x = ctx.x(0)
+    rank = ctx.rank(x)
+    n_sp = rank - 2
+    dilations = [int(d) for d in ctx.attr("dilations", [1] * n_sp)]
+    indices = ctx.y(1) if int(ctx.attr("storage_order", 0)) == 0 else None
+    if indices is None:
+        attrs = {
+            k: ctx.attr(k)
+            for k in ("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "strides")
+            if ctx.attr(k) is not None
+        }
+        _, indices = ctx.op_multi("MaxPool", x, num_outputs=2, **attrs)
+    if ctx.opset >= 16:
+        flat = ctx.i64([-1])
+        x_shape = ctx.shape_or_const(x)
+        numel = ctx.reduce("ReduceProd", x_shape, None, keepdims=True)
+        zeros = ctx.op("Expand", ctx.scalar(0.0, x), numel)
+        scattered = ctx.op(
+            "ScatterElements",
+            zeros,
+            ctx.reshape(indices, flat),
+            ctx.reshape(dy, flat),
+            axis=0,
+            reduction="add",
+        )
+        return [ctx.reshape(scattered, x_shape)]
+    spatial, out_sp, kernel, kernel_eff, strides, begins, ends, ceil = _pool_geometry(
+        ctx, x, n_sp, dilations
+    )
+    if any(d is None for d in spatial) or any(o is None for o in out_sp):
+        raise Unsupported("MaxPool's gradient at opset < 16 needs static spatial sizes")
+    # taps[k, o...]: the position (in the H*W plane) read by tap k for output o, -1 in padding
+    taps_n = int(np.prod(kernel))
+    plane = int(np.prod(spatial))
+    taps = np.full([taps_n, *out_sp], -1, dtype=np.int64)
+    for t, tap in enumerate(np.ndindex(*kernel)):
+        for o in np.ndindex(*out_sp):
+            pos = [
+                oo * s - bb + kk * d
+                for oo, s, bb, kk, d in zip(o, strides, begins, tap, dilations, strict=True)
+            ]
+            if all(0 <= p < h for p, h in zip(pos, spatial, strict=True)):
+                taps[(t, *o)] = int(np.ravel_multi_index(pos, spatial))
+    local = ctx.op("Mod", indices, ctx.i64(plane))
+    hit = ctx.op("Equal", ctx.unsqueeze(local, [2]), ctx.i64(taps))
+    routed = ctx.op("Where", hit, ctx.unsqueeze(dy, [2]), ctx.scalar(0.0, x))
+    planes = ctx.reshape(routed, [-1, taps_n, *out_sp])
+    onehot = np.eye(taps_n).reshape([taps_n, 1, *kernel])
+    pads, opad = _back_geometry(ctx, spatial, out_sp, kernel_eff, strides, begins, ends, ceil)
+    attrs = dict(strides=strides, dilations=dilations, pads=pads)
+    if any(opad):
+        attrs["output_padding"] = opad
+    spread = ctx.op("ConvTranspose", planes, ctx.const(onehot, x), **attrs)
+    return [ctx.reshape(spread, ctx.shape_or_const(x))]
+
+
+@rule("AveragePool", since=1)
+def average_pool(ctx, dys):
+    """Each dY value, times 1/count of its window, spread over the window by a ConvTranspose
+    with a kernel of ones over each (sample, channel) plane; counts are a build-time map."""
+    (dy,) = dys
+    x = ctx.x(0)
+    rank = ctx.rank(x)
+    n_sp = rank - 2
+    dilations = [int(d) for d in ctx.attr("dilations", [1] * n_sp)]
+    spatial, out_sp, kernel, kernel_eff, strides, begins, ends, ceil = _pool_geometry(
+        ctx, x, n_sp, dilations
+    )
+    include_pad = int(ctx.attr("count_include_pad", 0))
+    if any(d is None for d in spatial) or any(o is None for o in out_sp):
+        raise Unsupported("AveragePool's gradient needs static spatial sizes")
+    counts = np.ones(out_sp, dtype=np.int64)
+    for axis, (h, o, k, s, bb, e, d) in enumerate(
+        zip(spatial, out_sp, kernel, strides, begins, ends, dilations, strict=True)
+    ):
+        pos = (np.arange(o) * s - bb)[:, None] + d * np.arange(k)[None, :]
+        lo, hi = (-bb, h + e) if include_pad else (0, h)
+        per_axis = ((pos >= lo) & (pos < hi)).sum(axis=1)
+        counts = counts * per_axis.reshape([-1 if i == axis else 1 for i in range(n_sp)])
+    g = dy
+    if np.any(counts != counts.flat[0]):
+        g = ctx.op("Mul", dy, ctx.const((1.0 / counts)[None, None], x))
+        scale = 1.0
+    else:
+        scale = 1.0 / float(counts.flat[0])
+    planes = ctx.reshape(g, [-1, 1, *out_sp])
+    window = ctx.const(np.full([1, 1, *kernel], scale), x)
+    pads, opad = _back_geometry(ctx, spatial, out_sp, kernel_eff, strides, begins, ends, ceil)
+    attrs = dict(strides=strides, dilations=dilations, pads=pads)
+    if any(opad):
+        attrs["output_padding"] = opad
+    spread = ctx.op("ConvTranspose", planes, window, **attrs)
+    return [ctx.reshape(spread, ctx.shape_or_const(x))]
+
+
+@rule("GlobalAveragePool", since=1)
+def global_average_pool(ctx, dys):
+    (dy,) = dys
+    x = ctx.x(0)
+    spatial = _spatial(ctx, x, ctx.rank(x) - 2)
+    if all(d is not None for d in spatial):
+        g = ctx.op("Mul", dy, ctx.scalar(1.0 / float(np.prod(spatial)), x))
+    else:
+        size = ctx.reduce("ReduceProd", ctx.shape(x, 2), None, keepdims=False)
+        g = ctx.op("Div", dy, ctx.cast_like(size, x))
+    return [ctx.op("Expand", g, ctx.shape_or_const(x))]
+
+
+@rule("GlobalMaxPool", since=1)
+def global_max_pool(ctx, dys):
+    """dY goes to the first maximum of each plane (ArgMax), like torch's adaptive_max_pool."""
+    (dy,) = dys
+    x = ctx.x(0)
+    flat = ctx.reshape(x, [0, 0, -1])
+    first = ctx.op("ArgMax", flat, axis=2, keepdims=1)
+    zeros = ctx.op("Expand", ctx.scalar(0.0, x), ctx.shape(flat))
+    scattered = ctx.op("ScatterElements", zeros, first, ctx.reshape(dy, [0, 0, -1]), axis=2)
+    return [ctx.reshape(scattered, ctx.shape_or_const(x))]
