@@ -191,3 +191,72 @@ def test_cross_entropy_graph_is_small():
     ops = [n.op_type for n in grad.graph.node[1:]]
     assert "Softmax" not in ops and "OneHot" not in ops and len(ops) <= 9, ops
     onnx.checker.check_model(grad, full_check=True)
+
+
+# -- a whole model: transformer classifier + cross-entropy loss ----------------------------
+
+
+def _torch_transformer(p, ids, labels, heads):
+    """models.build_transformer's forward and AttachLoss's mean cross-entropy, in torch."""
+    n, t = ids.shape
+    d = p["embed.weight"].shape[1]
+
+    def linear(x, name):
+        return x @ p[f"{name}.weight"] + p[f"{name}.bias"]
+
+    def ln(x, name):
+        return F.layer_norm(x, (d,), p[f"{name}.weight"], p[f"{name}.bias"], eps=1e-5)
+
+    x = p["embed.weight"][ids] + p["pos.weight"]
+    h = ln(x, "ln1")
+    q, k, v = (linear(h, f"attn.{s}").reshape(n, t, heads, d // heads) for s in "qkv")
+    s = (q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1)) * p["attn.scale"]
+    c = torch.softmax(s, -1) @ v.permute(0, 2, 1, 3)
+    x1 = x + linear(c.permute(0, 2, 1, 3).reshape(n, t, d), "attn.out")
+    f = linear(ln(x1, "ln2"), "ff1")
+    g = f * (torch.erf(f * p["gelu.inv_sqrt2"]) + p["gelu.one"]) * p["gelu.half"]
+    x2 = x1 + linear(g, "ff2")
+    logits = linear(x2.mean(1), "head")
+    return F.cross_entropy(logits, labels)
+
+
+def test_transformer_with_cross_entropy_matches_torch():
+    from models import build_transformer
+    from passes.autodiff.registry import find_rule
+    from passes.loss import AttachLoss
+
+    model = AttachLoss("cross_entropy")(build_transformer(seed=3)).model
+    missing = sorted(
+        {n.op_type for n in model.graph.node}
+        - {"Constant"}
+        - {op for op in {n.op_type for n in model.graph.node} if find_rule("", op, 17)}
+    )
+    if missing:
+        pytest.skip(f"no gradient rule yet for {missing}")
+    params = [
+        i.name
+        for i in model.graph.initializer
+        if i.data_type == TensorProto.FLOAT and len(i.dims) > 0
+    ]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 16, size=(3, 8)).astype(np.int64)
+    labels = rng.integers(0, 4, size=(3,)).astype(np.int64)
+    ours, _ = run_gradients(model, {"input_ids": ids, "labels": labels}, params)
+
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    p = {
+        k: torch.tensor(v.astype(np.float64), requires_grad=k in params)
+        for k, v in consts.items()
+        if v.dtype == np.float32
+    }
+    loss = _torch_transformer(p, torch.tensor(ids), torch.tensor(labels), heads=2)
+    loss.backward()
+    for name in params:
+        ref = p[name].grad.numpy()
+        np.testing.assert_allclose(
+            ours[name],
+            ref,
+            rtol=2e-3,
+            atol=2e-5 * max(1.0, float(np.abs(ref).max())),
+            err_msg=f"d loss / d {name}",
+        )
