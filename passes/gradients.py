@@ -1,14 +1,17 @@
 """Gradient pass: add ``p_grad`` tensors for the trained parameters of a model with a loss.
 
-The differentiation itself is delegated to a :class:`GradientBuilder`, a one-method interface,
-so that another builder can replace onnxruntime-training's. The reference builder,
-:class:`OrtGradientBuilder`, is onnxruntime-training 1.19.2's ``GradientGraphBuilder``: it is not
-an inference session and runs no graph; it needs the parameters as graph inputs.
+The differentiation itself is delegated to a :class:`GradientBuilder`, a one-method interface.
+The default, :class:`passes.autodiff.AutodiffBuilder`, is this project's reverse-mode autodiff
+over standard ONNX (:mod:`passes.autodiff`): it needs nothing but ``onnx`` and ``onnx_ir``.
+:class:`OrtGradientBuilder`, onnxruntime-training 1.19.2's C++ ``GradientGraphBuilder``, is an
+optional second builder (a cross-check in tests; it needs the frozen training build, which
+has no wheels for CPython 3.13+ and cannot share a venv with stock onnxruntime).
 
 Guarantees afterwards: every trained parameter is a graph input (its initializer removed: the
 caller re-attaches values), every ``p_grad`` is a graph output, the loss-gradient seed equals
 ``seed`` (the loss scale), and helper outputs the builder needed (``loss.log_prob``) are gone.
-Ops the builder emits may be in the ``com.microsoft`` domain; see :mod:`passes.lowering`.
+The autodiff builder emits standard ONNX only; onnxruntime-training's builder emits
+``com.microsoft`` ops, which :mod:`passes.lowering` rewrites.
 """
 
 from __future__ import annotations
@@ -21,22 +24,22 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .autodiff import AutodiffBuilder
+from .autodiff.errors import GradientBuildError
 from .base import GraphPass, PassResult
 from .contract import grad_name
 from .loss import LOG_PROB_NAME
 
-__all__ = ["GradientBuilder", "OrtGradientBuilder", "BuildGradients", "GradientBuildError"]
+__all__ = [
+    "AutodiffBuilder",
+    "BuildGradients",
+    "GradientBuildError",
+    "GradientBuilder",
+    "OrtGradientBuilder",
+]
 
 #: Highest IR version onnxruntime-training 1.19 reads.
 _MAX_BUILDER_IR = 10
-
-
-class GradientBuildError(RuntimeError):
-    """The builder failed; ``op_type`` is set when a missing gradient op was identified."""
-
-    def __init__(self, message: str, op_type: str | None = None):
-        super().__init__(message)
-        self.op_type = op_type
 
 
 class GradientBuilder(Protocol):
@@ -91,7 +94,7 @@ class BuildGradients(GraphPass):
         loss: name of the scalar loss output.
         params: parameter (initializer) names to differentiate.
         seed: value of d(loss)/d(loss); the loss scale (gradients come out multiplied by it).
-        builder: a :class:`GradientBuilder` (default :class:`OrtGradientBuilder`).
+        builder: a :class:`GradientBuilder` (default :class:`AutodiffBuilder`).
     """
 
     def __init__(
@@ -102,7 +105,7 @@ class BuildGradients(GraphPass):
         builder: GradientBuilder | None = None,
     ) -> None:
         self.loss, self.params, self.seed = loss, list(params), float(seed)
-        self.builder = builder or OrtGradientBuilder()
+        self.builder = builder or AutodiffBuilder()
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
@@ -116,7 +119,7 @@ class BuildGradients(GraphPass):
             graph.input.append(helper.make_tensor_value_info(p, init.data_type, list(init.dims)))
         del graph.initializer[:]
         graph.initializer.extend(keep)
-        if model.ir_version > _MAX_BUILDER_IR:
+        if isinstance(self.builder, OrtGradientBuilder) and model.ir_version > _MAX_BUILDER_IR:
             model.ir_version = _MAX_BUILDER_IR
         out = self.builder.build(model, self.loss, self.params)
 

@@ -12,11 +12,10 @@ cd "$(dirname "$0")/.."
 NODES=${NODES:-3}
 MODEL=${MODEL:-mlp}
 OUT=runs/federated-deploy
-bash scripts/setup.sh
-bash scripts/federated_venv.sh
-echo "== 1. training model and label-skewed data for $NODES devices (training build, .venv)"
+bash scripts/setup.sh --federated
+echo "== 1. training model and label-skewed data for $NODES devices"
 .venv/bin/python -m adamax_onnx.federated.prepare --model "$MODEL" --out "$OUT" \
     --clients "$NODES" --classes-per-client 4
-echo "== 2. SuperLink + $NODES SuperNodes on 127.0.0.1 (stock onnxruntime, .venv-fed)"
-.venv-fed/bin/python -m adamax_onnx.federated.deploy --train-model "$OUT/$MODEL.train.onnx" \
+echo "== 2. SuperLink + $NODES SuperNodes on 127.0.0.1"
+.venv/bin/python -m adamax_onnx.federated.deploy --train-model "$OUT/$MODEL.train.onnx" \
     --data-dir "$OUT/data" --work "$OUT/run" --nodes "$NODES" --quiet "$@"

@@ -1,13 +1,11 @@
 """Federated training on Flower (adamax_onnx.federated).
 
-Flower 1.42 needs protobuf < 7, so it lives in its own venv ``.venv-fed`` (Flower + *stock*
-onnxruntime 1.32, made by scripts/federated_venv.sh), as the devices of a real federation
-would. The training model is built here (training build) by the same ``prepare`` command a user
-runs; everything Flower-side runs in .venv-fed through tests/federated_runner.py or the real
-``simulate`` / ``deploy`` commands, and is checked here against numpy references written from
-the formulas (weighted mean, FedAdam's update) and against the recorded run histories.
-
-If the federated venv cannot be made, the tests fail: nothing here is skipped.
+Flower 1.42 lives in the project's one venv (stock onnxruntime, protobuf 6.33; scripts/setup.sh
+--test installs it). The training model is built by the same ``prepare`` command a user runs;
+everything Flower-side runs in separate processes (tests/federated_runner.py or the real
+``simulate`` / ``deploy`` commands), as the devices of a real federation would, and is checked
+here against numpy references written from the formulas (weighted mean, FedAdam's update) and
+against the recorded run histories. Nothing here is skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ from adamax_onnx.errors import FederatedError
 from adamax_onnx.federated.config import parse_faults, read_config
 from adamax_onnx.federated.data import split_by_label
 from adamax_onnx.federated.params import check_parameters, nonfinite_reason
-from tests.venvs import venv_python
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,11 +88,13 @@ def test_read_config_checks_keys_and_types():
         parse_faults("boom:1")
 
 
-# --------------------------------------------------------------------------- the federated venv
+# --------------------------------------------------------------------------- the interpreter
 @pytest.fixture(scope="session")
 def fed_python() -> Path:
-    """The interpreter of .venv-fed, created (or reused) by scripts/federated_venv.sh."""
-    return venv_python("federated_venv.sh", ".venv-fed", "federated", timeout=1200)
+    """The interpreter the Flower processes run in: this venv's (Flower is installed here)."""
+    import flwr  # noqa: F401  (fails the tests, naming flwr, where it is missing)
+
+    return Path(sys.executable)
 
 
 @pytest.fixture(scope="module")

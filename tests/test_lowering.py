@@ -23,6 +23,9 @@ from passes.batchnorm import BatchNormError, DecomposeBatchNorm
 from passes.gradients import OrtGradientBuilder
 from passes.lowering import LowerToStandard, UnloweredOpsError, nonstandard_nodes
 
+# Every test here runs onnxruntime-training's kernels or builder: in .venv-ortt only.
+pytestmark = pytest.mark.ortt
+
 RNG = np.random.default_rng(1234)
 F32 = TensorProto.FLOAT
 I64 = TensorProto.INT64

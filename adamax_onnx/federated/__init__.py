@@ -8,14 +8,13 @@ across rounds, and replies with its parameters and example count. The ``ServerAp
 :class:`~.strategy.FiniteUpdates`, which excludes updates holding NaN/Inf with a logged reason.
 Flower does the orchestration, transport and aggregation; nothing here re-implements them.
 
-Clients need only ``onnxruntime`` (the stock package is enough: training models are built
-portable), ``numpy``, ``onnx`` and ``flwr``; the training model is built once, where
-onnxruntime-training is installed, and shipped as a file.
+Clients need only stock ``onnxruntime``, ``numpy``, ``onnx`` and ``flwr``; the training model
+is built once (standard ONNX ops only) and shipped as a file.
 
 Entry points (``scripts/federated.sh`` and ``scripts/federated_deploy.sh`` chain them):
 
 * ``python -m adamax_onnx.federated.prepare`` - the training model and the per-client data
-  (needs onnxruntime-training and scikit-learn: run it in the training venv).
+  (needs scikit-learn for the digits data).
 * ``python -m adamax_onnx.federated.simulate`` - Flower's Simulation Runtime (10 clients,
   digits split non-IID by label), accuracy per round.
 * ``python -m adamax_onnx.federated.deploy`` - Flower's Deployment Runtime: a SuperLink and

@@ -1,12 +1,11 @@
 """``python -m adamax_onnx.federated.prepare``: the training model and the per-client data.
 
-This is the one step of a federated run that needs onnxruntime-training (the gradient builder)
-and scikit-learn (the digits data); run it where the library's ``training`` and ``examples``
-extras are installed. It writes, into ``--out``:
+It needs scikit-learn (the digits data, the library's ``examples`` extra) and writes, into
+``--out``:
 
 * ``<model>.train.onnx`` - the MLP or CNN of :mod:`models` with a cross-entropy loss and the
-  AdaMax update, built ``portable=True`` (standard ONNX ops only), so every device and the
-  server run it on stock onnxruntime;
+  AdaMax update (standard ONNX ops only), so every device and the server run it on stock
+  onnxruntime;
 * ``data/client-<i>.npz`` - the digits training split, divided by label over ``--clients``
   clients (each holds ``--classes-per-client`` of the ten digits), ``data/test.npz`` (the
   held-out 25%) and ``data/split.json`` (labels and sample count per client).
@@ -31,7 +30,7 @@ DEFAULT_LR = {"mlp": 0.01, "cnn": 0.01}
 
 
 def build_model(kind: str, out: str | Path, lr: float | None = None, seed: int = 0) -> Path:
-    """Build and save the training model of the ``mlp`` or ``cnn`` example (training build)."""
+    """Build and save the training model of the ``mlp`` or ``cnn`` example."""
     import onnx
 
     from .. import AdaMax, build_training_model, trainable_params
