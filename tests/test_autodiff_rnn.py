@@ -343,3 +343,96 @@ def test_layout1_with_reference_evaluator(kind, lbr, outs):
         ref = t.grad.numpy()
         scale = max(1.0, float(np.abs(ref).max()))
         np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5 * scale, err_msg=k)
+
+
+@pytest.mark.parametrize(
+    "cls, perm, kwargs",
+    [
+        ("LSTM", [0, 3, 1, 2], {"num_layers": 2, "bidirectional": True}),
+        ("GRU", [1, 0, 2], {"bidirectional": True}),
+        ("RNN", [0], {"batch_first": True}),
+    ],
+)
+def test_torch_export_end_to_end(cls, perm, kwargs):
+    """A torch.nn recurrent module exported by torch.onnx (TorchScript exporter): gradients of
+    the input and of every weight/bias initializer match torch autograd."""
+    import io
+    import warnings
+
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import helper, numpy_helper
+
+    from passes.autodiff import differentiate
+
+    torch.manual_seed(0)
+    m = getattr(torch.nn, cls)(IN, H, **kwargs)
+    x = torch.randn(BATCH, T, IN) if kwargs.get("batch_first") else torch.randn(T, BATCH, IN)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            m,
+            (x,),
+            f,
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "A", 1: "B"}},
+            opset_version=17,
+        )
+    model = onnx.load_from_string(f.getvalue())
+    w_out = np.random.default_rng(0).standard_normal(tuple(m(x)[0].shape)).astype(np.float32)
+    g = model.graph
+    g.initializer.append(numpy_helper.from_array(w_out, "loss.w"))
+    g.node.extend(
+        [
+            helper.make_node("Mul", ["y", "loss.w"], ["loss.t"]),
+            helper.make_node("ReduceSum", ["loss.t"], ["loss"], keepdims=0),
+        ]
+    )
+    del g.output[:]
+    g.output.append(helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, []))
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer if i.name != "loss.w"}
+    params = [k for k, v in inits.items() if v.dtype == np.float32 and v.ndim >= 2]
+    grad_model = differentiate(model, "loss", ["x", *params])
+    onnx.checker.check_model(grad_model, full_check=True)
+    sess = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(
+        zip(
+            ["x", *params],
+            sess.run([f"{p}_grad" for p in ["x", *params]], {"x": x.numpy()}),
+            strict=True,
+        )
+    )
+
+    xt = x.clone().requires_grad_(True)
+    (m(xt)[0] * torch.tensor(w_out)).sum().backward()
+    np.testing.assert_allclose(got["x"], xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+    def gates(t):
+        return torch.cat([t.chunk(len(perm), 0)[p] for p in perm], 0)
+
+    sfxs = ["", "_reverse"] if kwargs.get("bidirectional") else [""]
+    expected = []  # (value, grad) of the ONNX W, R, B of each layer
+    for layer in range(kwargs.get("num_layers", 1)):
+        ps = {
+            n: [getattr(m, f"{n}_l{layer}{s}") for s in sfxs]
+            for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        }
+        for names in (["weight_ih"], ["weight_hh"], ["bias_ih", "bias_hh"]):
+            val = torch.stack(
+                [torch.cat([gates(ps[n][d]) for n in names]) for d in range(len(sfxs))]
+            )
+            grad = torch.stack(
+                [torch.cat([gates(ps[n][d].grad) for n in names]) for d in range(len(sfxs))]
+            )
+            expected.append((val.detach().numpy(), grad.numpy()))
+    matched = 0
+    for p in params:
+        for val, grad in expected:
+            if inits[p].shape == val.shape and np.array_equal(inits[p], val):
+                np.testing.assert_allclose(got[p], grad, rtol=1e-4, atol=1e-5, err_msg=p)
+                matched += 1
+    assert matched == len(expected)
