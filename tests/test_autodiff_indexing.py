@@ -252,3 +252,52 @@ def test_topk(opset, axis, largest):
         opset=opset,
         torch_fn=lambda x, k: torch.topk(x, 2, dim=axis, largest=bool(largest))[0],
     )
+
+
+# -- CumSum -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("exclusive", [0, 1])
+@pytest.mark.parametrize("reverse", [0, 1])
+@pytest.mark.parametrize("axis", [0, -1, np.int32(1)])
+def test_cumsum(exclusive, reverse, axis):
+    x = rand(3, 4)
+    a = int(axis)
+
+    def ref(x, a_=None):
+        t = x.flip(a) if reverse else x
+        c = t.cumsum(a)
+        if exclusive:
+            c = c - t
+        return c.flip(a) if reverse else c
+
+    check_op(
+        "CumSum",
+        {"x": x},
+        consts={"a": np.array(axis, dtype=np.array(axis).dtype)},
+        attrs={"exclusive": exclusive, "reverse": reverse},
+        torch_fn=lambda x, a: ref(x),
+    )
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gather_float16_accumulates_in_float32(axis):
+    """onnxruntime's CPU scatter-add has no float16 kernel: the rule adds in float32."""
+    from onnx import helper
+
+    from tests.gradcheck import _graph, run_gradients
+
+    ids = i64([1, 2, 1], [0, 1, 1])
+    w = rand(3, 3)
+    node = helper.make_node("Gather", ["w", "ids"], ["y"], axis=axis)
+    out_shape = (2, 3, 3) if axis == 0 else (3, 2, 3)
+    weights = rand(*out_shape)
+    model = _graph([node], {"ids": ids, "w": w}, {}, ["y"], {"y": weights}, np.float16, 17, True)
+    grads, _ = run_gradients(model, {"ids": ids, "w": w.astype(np.float16)}, ["w"])
+    expected = np.zeros_like(w)
+    wt = weights.astype(np.float16).astype(np.float64)
+    for idx in np.ndindex(ids.shape):
+        if axis == 0:
+            expected[ids[idx]] += wt[idx]
+        else:
+            expected[:, ids[idx]] += wt[:, idx[0], idx[1]]
+    assert grads["w"].dtype == np.float16
+    np.testing.assert_allclose(grads["w"].astype(np.float64), expected, rtol=2e-3, atol=2e-3)

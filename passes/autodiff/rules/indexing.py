@@ -1,4 +1,5 @@
-"""Gradients of indexing ops: Gather, GatherElements, GatherND, ScatterND, ScatterElements, TopK.
+"""Gradients of indexing ops: Gather, GatherElements, GatherND, ScatterND, ScatterElements, TopK,
+CumSum.
 
 Gathers scatter dy back into zeros of the data's shape with ``reduction="add"`` (opset >= 16,
 so repeated indices accumulate); Gather at opsets 13-15 multiplies by a one-hot matrix instead
@@ -42,6 +43,21 @@ def _need_scatter_add(ctx, what: str) -> None:
         )
 
 
+def _scatter_add(ctx, op_type: str, x: ir.Value, ind: ir.Value, upd: ir.Value, **attrs):
+    """``op_type`` (ScatterND/ScatterElements) of ``upd`` added into zeros of ``x``'s shape.
+
+    onnxruntime's CPU kernels add only in float32/float64 (not float16/bfloat16): narrower
+    types accumulate in float32 and are cast back.
+    """
+    dtype = ctx.dtype(x)
+    if dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+        zeros = ctx.op("Expand", ctx.const(0.0, ir.DataType.FLOAT), ctx.shape_or_const(x))
+        upd = ctx.op("Cast", upd, to=ir.DataType.FLOAT)
+        out = ctx.op(op_type, zeros, ind, upd, reduction="add", **attrs)
+        return ctx.op("Cast", out, to=dtype)
+    return ctx.op(op_type, ctx.zeros_like(x), ind, upd, reduction="add", **attrs)
+
+
 def _i64(ctx, v: ir.Value) -> ir.Value:
     return v if v.dtype == ir.DataType.INT64 else ctx.op("Cast", v, to=ir.DataType.INT64)
 
@@ -64,11 +80,10 @@ def gather(ctx, dys):
         return [_gather_scalar_pad(ctx, dy, x, a, int(const))]
     if ctx.opset < 16:
         return [_gather_one_hot(ctx, dy, x, ind, a, q)]
-    zeros = ctx.zeros_like(x)
     if a == 0:
         # Rows of dy added into the rows of zeros the indices name (the embedding case).
         index_nd = ctx.unsqueeze(_i64(ctx, ind), [-1])
-        return [ctx.op("ScatterND", zeros, index_nd, dy, reduction="add")]
+        return [_scatter_add(ctx, "ScatterND", x, index_nd, dy)]
     # Bring dy to rank r (the index dims as one axis) and scatter along the axis.
     if q == 1:
         dy_r = dy
@@ -78,7 +93,7 @@ def gather(ctx, dys):
         dy_r = ctx.reshape(dy, _ints(ctx, [*_dims(ctx, x, 0, a), -1, *_dims(ctx, x, a + 1, r)]))
     ind_r = ctx.reshape(ind, [1] * a + [-1] + [1] * (r - a - 1))
     ind_e = ctx.op("Expand", ind_r, ctx.shape(dy_r))
-    return [ctx.op("ScatterElements", zeros, ind_e, dy_r, axis=a, reduction="add")]
+    return [_scatter_add(ctx, "ScatterElements", x, ind_e, dy_r, axis=a)]
 
 
 def _gather_scalar_pad(ctx, dy, x, a, index):
@@ -125,8 +140,7 @@ def gather_elements(ctx, dys):
         return [None, None]
     _need_scatter_add(ctx, "the gradient of GatherElements")
     axis = int(ctx.attr("axis", 0))
-    zeros = ctx.zeros_like(ctx.x(0))
-    return [ctx.op("ScatterElements", zeros, ctx.x(1), dy, axis=axis, reduction="add"), None]
+    return [_scatter_add(ctx, "ScatterElements", ctx.x(0), ctx.x(1), dy, axis=axis), None]
 
 
 @rule("GatherND", since=13)
@@ -148,8 +162,7 @@ def gather_nd(ctx, dys):
         ind = ctx.op("Concat", lead, ind, axis=-1)
     elif b != 0:
         raise Unsupported(f"batch_dims={b} (only 0 and 1 are supported)")
-    zeros = ctx.zeros_like(x)
-    return [ctx.op("ScatterND", zeros, ind, dy, reduction="add"), None]
+    return [_scatter_add(ctx, "ScatterND", x, ind, dy), None]
 
 
 # -- scatters ---------------------------------------------------------------------------------
@@ -194,3 +207,12 @@ def topk(ctx, dys):
     zeros = ctx.zeros_like(ctx.x(0))
     axis = int(ctx.attr("axis", -1))
     return [ctx.op("ScatterElements", zeros, ctx.y(1), dy, axis=axis), None]
+
+
+# -- CumSum -----------------------------------------------------------------------------------
+@rule("CumSum", since=11)
+def cumsum(ctx, dys):
+    """dx_j = sum of dy_i over the i whose running sum includes x_j: the reverse CumSum."""
+    (dy,) = dys
+    exclusive, reverse = int(ctx.attr("exclusive", 0)), int(ctx.attr("reverse", 0))
+    return [ctx.op("CumSum", dy, ctx.x(1), exclusive=exclusive, reverse=1 - reverse), None]
