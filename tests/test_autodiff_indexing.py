@@ -301,3 +301,96 @@ def test_gather_float16_accumulates_in_float32(axis):
             expected[:, ids[idx]] += wt[:, idx[0], idx[1]]
     assert grads["w"].dtype == np.float16
     np.testing.assert_allclose(grads["w"].astype(np.float64), expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_embedding_then_class_token(opset):
+    """A transformer's embedding lookup followed by x[:, 0] (the pooler / class token)."""
+    from tests.gradcheck import check_graph, make_node
+
+    ids = i64([1, 4, 1], [0, 1, 4])
+    w = rand(5, 4)
+    nodes = [
+        make_node("Gather", ["w", "ids"], ["h"]),
+        make_node("Gather", ["h", "zero"], ["cls"], axis=1),
+        make_node("Gather", ["h", "last"], ["tail"], axis=1),
+    ]
+    check_graph(
+        nodes,
+        {"ids": ids, "w": w},
+        ["cls", "tail"],
+        consts={"zero": np.array(0, dtype=np.int64), "last": np.array(-1)},
+        wrt=["w"],
+        opset=opset,
+        torch_fn=lambda ids, w, zero, last: (w[ids][:, 0], w[ids][:, -1]),
+    )
+
+
+@pytest.mark.parametrize("opset", [21, 25])
+def test_newest_opsets(opset):
+    x = rand(3, 4)
+    check_op(
+        "Gather",
+        {"ids": i64([1, 2], [2, 0]), "w": x},
+        order=["w", "ids"],
+        wrt=["w"],
+        opset=opset,
+        torch_fn=lambda ids, w: w[ids],
+    )
+    check_op(
+        "Gather",
+        {"x": x},
+        consts={"i": np.array(-1)},
+        attrs={"axis": 1},
+        opset=opset,
+        torch_fn=lambda x, i: x[:, -1],
+    )
+    check_op(
+        "GatherElements",
+        {"x": x},
+        consts={"i": i64([0, 0, 3, 1], [2, 2, 1, 0], [1, 1, 1, 1])},
+        attrs={"axis": 1},
+        opset=opset,
+        torch_fn=lambda x, i: torch.gather(x, 1, i),
+    )
+    check_op(
+        "GatherND",
+        {"x": x},
+        consts={"i": i64([0, 1], [0, 1])},
+        opset=opset,
+        torch_fn=lambda x, i: x[i[:, 0], i[:, 1]],
+    )
+    check_op(
+        "ScatterND",
+        {"x": x, "u": rand(1, 4)},
+        consts={"i": i64([2])},
+        order=["x", "i", "u"],
+        opset=opset,
+        torch_fn=lambda x, u, i: x.index_put((i[:, 0],), u),
+    )
+    check_op(
+        "ScatterElements",
+        {"x": x, "u": rand(3, 1)},
+        consts={"i": i64([0], [3], [1])},
+        order=["x", "i", "u"],
+        attrs={"axis": 1, "reduction": "add"},
+        opset=opset,
+        torch_fn=lambda x, u, i: x.scatter_add(1, i, u),
+    )
+    check_op(
+        "TopK",
+        {"x": RNG.permutation(12).reshape(3, 4) / 5.0},
+        consts={"k": i64(2)},
+        num_outputs=2,
+        loss_outputs=[0],
+        opset=opset,
+        torch_fn=lambda x, k: torch.topk(x, 2)[0],
+    )
+    check_op(
+        "CumSum",
+        {"x": x},
+        consts={"a": np.array(1)},
+        attrs={"reverse": 1},
+        opset=opset,
+        torch_fn=lambda x, a: x.flip(1).cumsum(1).flip(1),
+    )

@@ -151,8 +151,9 @@ def test_concat_partial_wrt():
     )
 
 
+@pytest.mark.parametrize("opset", [13, 18])
 @pytest.mark.parametrize("loss_outputs", [None, [0, 2], [1]])
-def test_split_sizes_opset13(loss_outputs):
+def test_split_sizes(opset, loss_outputs):
     x = rand(2, 6)
     check_op(
         "Split",
@@ -161,7 +162,7 @@ def test_split_sizes_opset13(loss_outputs):
         attrs={"axis": 1},
         num_outputs=3,
         loss_outputs=loss_outputs,
-        opset=13,
+        opset=opset,
         torch_fn=lambda x, s: tuple(
             x.split([1, 2, 3], dim=1)[k] for k in (loss_outputs or [0, 1, 2])
         ),
@@ -288,3 +289,91 @@ def test_trilu(upper, k):
             attrs={"upper": upper},
             torch_fn=lambda x, k: fn(x, int(k)),
         )
+
+
+def test_expand_runtime_shape():
+    """The target shape is an input: the result's dims are unknown until run time."""
+    x = rand(3, 1)
+    check_op("Expand", {"x": x, "s": i64(2, 1, 4)}, torch_fn=lambda x, s: x.expand(2, 3, 4))
+
+
+@pytest.mark.parametrize("opset", [21, 25])
+def test_newest_opsets(opset):
+    """Every rule of this family at the newest opsets onnxruntime runs."""
+    x = rand(2, 3, 4)
+    check_op(
+        "Reshape",
+        {"x": x},
+        consts={"s": i64(0, -1)},
+        opset=opset,
+        torch_fn=lambda x, s: x.reshape(x.shape[0], -1),
+    )
+    check_op(
+        "Flatten", {"x": x}, attrs={"axis": 2}, opset=opset, torch_fn=lambda x: x.reshape(-1, 4)
+    )
+    check_op(
+        "Squeeze",
+        {"x": rand(2, 1, 3)},
+        consts={"a": i64(1)},
+        opset=opset,
+        torch_fn=lambda x, a: x.squeeze(1),
+    )
+    check_op(
+        "Unsqueeze",
+        {"x": x},
+        consts={"a": i64(1)},
+        opset=opset,
+        torch_fn=lambda x, a: x.unsqueeze(1),
+    )
+    check_op(
+        "Transpose",
+        {"x": x},
+        attrs={"perm": [2, 0, 1]},
+        opset=opset,
+        torch_fn=lambda x: x.permute(2, 0, 1),
+    )
+    check_op(
+        "Expand",
+        {"x": rand(3, 1)},
+        consts={"s": i64(2, 3, 4)},
+        opset=opset,
+        torch_fn=lambda x, s: x.expand(2, 3, 4),
+    )
+    check_op(
+        "Tile",
+        {"x": x},
+        consts={"r": i64(1, 2, 1)},
+        opset=opset,
+        torch_fn=lambda x, r: x.repeat(1, 2, 1),
+    )
+    check_op(
+        "Concat",
+        {"a": x, "b": rand(2, 1, 4)},
+        attrs={"axis": 1},
+        opset=opset,
+        torch_fn=lambda a, b: torch.cat([a, b], 1),
+    )
+    check_op(
+        "Split",
+        {"x": x},
+        attrs={"axis": 2, "num_outputs": 3},
+        num_outputs=3,
+        loss_outputs=[0, 2],
+        opset=opset,
+        torch_fn=lambda x: (x[:, :, :2], x[:, :, 3:]),
+    )
+    check_op(
+        "Slice",
+        {"x": x},
+        consts={"a": i64(3), "b": i64(0), "c": i64(2), "d": i64(-2)},
+        opset=opset,
+        torch_fn=lambda x, **_: x[:, :, [3, 1]],
+    )
+    check_op(
+        "Slice",
+        {"x": x},
+        consts={"a": i64(1), "b": i64(3), "c": i64(1)},
+        opset=opset,
+        torch_fn=lambda x, **_: x[:, 1:3],
+    )
+    check_op("Trilu", {"x": x}, attrs={"upper": 0}, opset=opset, torch_fn=torch.tril)
