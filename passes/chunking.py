@@ -176,10 +176,14 @@ class ChunkUpdates(GraphPass):
 
         # A gradient has its parameter's shape (the gradient builder's contract); ONNX shape
         # inference often cannot tell, because the batch dimension is dynamic upstream.
+        # Every gradient is seeded, not only the candidates': the overflow guard reduces all of
+        # them into the one flag whose shape the chunked regions need.
         known = {}
-        for p, full, _ in candidates:
-            elem = inputs[p].type.tensor_type.elem_type
-            known[grad_name(p)] = (elem, full)
+        for p in self.params:
+            dims = inputs[p].type.tensor_type.shape.dim if p in inputs else []
+            if dims and all(d.HasField("dim_value") for d in dims):
+                elem = inputs[p].type.tensor_type.elem_type
+                known[grad_name(p)] = (elem, tuple(d.dim_value for d in dims))
         shapes = _static_shapes(model, known)
         taken = {n for node in graph.node for n in list(node.input) + list(node.output)}
         taken |= {vi.name for vi in list(graph.input) + list(graph.output)}

@@ -231,7 +231,12 @@ class GuardNonFinite(GraphPass):
                         f"{p}.grad_overflow_probe",
                     )
                 sums.append(s)
-            total = sums[0] if len(sums) == 1 else g.op("Sum", sums, "adamax.nonfinite_probe")
+            # A chain of Adds rather than one Sum: every execution provider has Add (the ggml
+            # plugin has no Sum), and shape inference follows it without constants.
+            total = sums[0]
+            for k, s in enumerate(sums[1:], start=1):
+                name = "adamax.nonfinite_probe" if k == len(sums) - 1 else f"adamax.probe_sum{k}"
+                total = g.op("Add", [total, s], name)
             finite = g.op(
                 "Equal", [total, g.const(0.0, f32, "adamax.zero_f32")], "adamax.all_finite"
             )
