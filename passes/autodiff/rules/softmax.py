@@ -7,9 +7,13 @@ scalar ``dLoss`` ("sum"), divided for "mean" by the number of positions or, with
 or an ignore_index, by the total weight of the positions that count; times the class weight of
 its label; zero where the label is ignore_index. Then
 
-* NLL: ``dX = -onehot(label) * f``;
-* SCE: ``dScores = (softmax(scores) - onehot(label)) * f`` (+ the LogSoftmax gradient of the
-  log_prob output when the loss also reads it), with the softmax read as ``exp(log_prob)``.
+* NLL: ``dX = -onehot(label) * f``: ``-f`` scattered into zeros;
+* SCE: ``dScores = (softmax(scores) - onehot(label)) * f``: ``softmax * f`` with ``f``
+  subtracted at the label (GatherElements, ScatterElements), the softmax read as
+  ``exp(log_prob)``; plus the LogSoftmax gradient of log_prob when the loss reads it too.
+
+ScatterElements rather than OneHot: onnxruntime's OneHot kernel is several times slower (and
+has no double kernel).
 """
 
 from __future__ import annotations
@@ -42,19 +46,18 @@ def log_softmax(ctx, dys):
 
 
 def _num_classes(ctx, x):
-    """C (dim 1 of ``x``): a 0-d int64 constant when static, else read at run time."""
+    """C (dim 1 of ``x``) when static, else None."""
     dims = ctx.dims(x)
     if dims is not None and len(dims) > 1 and isinstance(dims[1], int):
-        return ctx.i64(dims[1]), dims[1]
-    return ctx.op("Gather", ctx.shape(x), ctx.i64(1)), None
+        return dims[1]
+    return None
 
 
-def _factor(ctx, x, dloss, index_labels):
+def _factor(ctx, x, dloss):
     """(label as int64, per-position factor, whether it is per position).
 
     The factor has the label's shape when per position, else it is a scalar. The label is
-    safe to index with (ignored positions moved to class 0) when ``index_labels`` or when the
-    class weights are looked up.
+    safe to index with: ignored positions out of [0, C) are moved to class 0 (their factor is 0).
     """
     reduction = ctx.attr("reduction", "mean")
     if reduction not in ("mean", "sum", "none"):
@@ -68,11 +71,8 @@ def _factor(ctx, x, dloss, index_labels):
     keep = None
     if ignore is not None:
         keep = ctx.op("Not", ctx.op("Equal", label, ctx.i64(int(ignore))))
-        c_static = _num_classes(ctx, x)[1]
-        if (index_labels or weight is not None) and not (
-            c_static is not None and 0 <= int(ignore) < c_static
-        ):
-            # The weight lookup needs an index in range; the factor is 0 there anyway.
+        c_static = _num_classes(ctx, x)
+        if not (c_static is not None and 0 <= int(ignore) < c_static):
             label = ctx.op("Where", keep, label, ctx.i64(0))
     w = None  # weight of each label position, or None when every position counts 1
     if weight is not None:
@@ -110,7 +110,7 @@ def softmax_cross_entropy_loss(ctx, dys):
     prob = ctx.op("Exp", log_prob) if log_prob is not None else ctx.op("Softmax", x, axis=1)
     dx = None
     if dloss is not None:
-        label, f, per = _factor(ctx, x, dloss, index_labels=True)
+        label, f, per = _factor(ctx, x, dloss)
         f = ctx.unsqueeze(f, [1]) if per else f
         # (p - onehot) * f = scatter of p*f with p*f - f at the label.
         pf = ctx.op("Mul", prob, f)
@@ -130,15 +130,9 @@ def negative_log_likelihood_loss(ctx, dys):
     if not ctx.needs(0) or dloss is None:
         return [None]
     x = ctx.x(0)
-    # OneHot leaves an out-of-range (ignored) label all zeros: no need to move it.
-    label, f, per = _factor(ctx, x, dloss, index_labels=False)
-    f = ctx.unsqueeze(f, [1]) if per else f
-    depth, _ = _num_classes(ctx, x)
-    dtype = ctx.dtype(x)
-    # onnxruntime's OneHot has float and float16 outputs only.
-    oh_type = dtype if dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16) else ir.DataType.FLOAT
-    values = ctx.const([0.0, -1.0], oh_type)
-    onehot = ctx.op("OneHot", label, depth, values, axis=1)
-    if oh_type != dtype:
-        onehot = ctx.op("Cast", onehot, to=dtype)
-    return [ctx.op("Mul", onehot, f)]
+    label, f, per = _factor(ctx, x, dloss)
+    idx = ctx.unsqueeze(label, [1])
+    upd = ctx.op("Neg", ctx.unsqueeze(f, [1]) if per else f)
+    if not per:
+        upd = ctx.op("Expand", upd, ctx.shape(idx))
+    return [ctx.op("ScatterElements", ctx.zeros_like(x), idx, upd, axis=1)]
