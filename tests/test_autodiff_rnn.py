@@ -15,8 +15,11 @@ from tests.gradcheck import check_graph, check_op, make_node
 T, BATCH, IN, H = 3, 2, 3, 2
 
 
-def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0):
-    """Y, Y_h, Y_c of the ONNX op, from its definition (float64 torch)."""
+def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0, lens=None):
+    """Y, Y_h, Y_c of the ONNX op, from its definition (float64 torch).
+
+    ``lens`` (sequence_lens): steps at or past a sequence's length leave the state unchanged
+    and output zeros (a reversed sequence starts at its last valid step)."""
     import torch
 
     if layout == 1:
@@ -39,6 +42,7 @@ def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0):
         order = range(steps - 1, -1, -1) if rev else range(steps)
         for t in order:
             xt = x[t]
+            h_old, c_old = h, c
             if kind == "LSTM":
                 g = xt @ wd.T + h @ rd.T + wb + rb
                 i, o, f, cc = g.split(hidden, -1)
@@ -60,6 +64,11 @@ def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0):
             else:
                 h = (xt @ wd.T + h @ rd.T + wb + rb).tanh()
             out[t] = h
+            if lens is not None:
+                m = (t < lens).to(x.dtype)[:, None]
+                h = m * h + (1 - m) * h_old
+                c = m * c + (1 - m) * c_old
+                out[t] = m * out[t]
         ys.append(torch.stack(out, 0))
         yhs.append(h)
         ycs.append(c)
@@ -263,19 +272,11 @@ def _to_layout0(model):
     return model
 
 
-@pytest.mark.parametrize(
-    "kind, lbr, outs",
-    [
-        ("LSTM", 0, [0, 1, 2]),
-        ("LSTM", 0, [2]),
-        ("GRU", 0, [0, 1]),
-        ("GRU", 1, [0]),
-        ("RNN", 0, [1]),
-    ],
-)
-def test_layout1_with_reference_evaluator(kind, lbr, outs):
-    """layout=1 (batch first): onnxruntime's CPU kernels refuse it, so the forward node of the
-    gradient graph is rewritten in layout 0 (tests only); gradients vs torch autograd."""
+def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None):
+    """Gradients run in onnxruntime (float32) vs torch autograd of the ONNX definition, for
+    what central differences cannot check: onnx.reference ignores sequence_lens, and
+    onnxruntime's CPU kernels refuse layout=1 (the forward node of the gradient graph is then
+    rewritten in layout 0, tests only). The forward outputs are compared too."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -283,25 +284,34 @@ def test_layout1_with_reference_evaluator(kind, lbr, outs):
 
     from passes.autodiff import differentiate
 
-    direction = "bidirectional"
-    inputs, order = _inputs(kind, 2, 1)
+    nd = 2 if direction == "bidirectional" else 1
+    inputs, order = _inputs(kind, nd, layout)
+    if lens is not None:
+        order = (order + [""] * 6)[: 6 if kind != "LSTM" else 7]
+        order[4] = "sequence_lens"
+        while order[-1] == "":
+            order.pop()
     names = [f"y{k}" for k in range(3 if kind == "LSTM" else 2)]
-    attrs = {"hidden_size": H, "direction": direction, "layout": 1}
+    attrs = {"hidden_size": H, "direction": direction, "layout": layout}
     if kind == "GRU":
         attrs["linear_before_reset"] = lbr
     nodes = [make_node(kind, order, names, **attrs)]
-    rng = np.random.default_rng(1)
-    with torch.no_grad():
-        ref = _torch_rnn(
+    keys = ("X", "W", "R", "B", "initial_h", "initial_c")
+    lens_t = None if lens is None else torch.tensor(lens)
+
+    def reference(tensors):
+        return _torch_rnn(
             kind,
-            *(
-                torch.tensor(inputs.get(k)) if k in inputs else None
-                for k in ("X", "W", "R", "B", "initial_h", "initial_c")
-            ),
+            *(tensors.get(k) for k in keys),
             direction=direction,
-            layout=1,
+            layout=layout,
             lbr=lbr,
+            lens=lens_t,
         )
+
+    with torch.no_grad():
+        ref = reference({k: torch.tensor(v) for k, v in inputs.items()})
+    rng = np.random.default_rng(1)
     weights = {k: rng.standard_normal(tuple(ref[k].shape)) for k in outs}
     inits = [numpy_helper.from_array(weights[k].astype(np.float32), f"w{k}") for k in outs]
     terms = []
@@ -314,35 +324,67 @@ def test_layout1_with_reference_evaluator(kind, lbr, outs):
     for k, v in inputs.items():
         dims = list(v.shape)
         if k == "X":
-            dims[1] = "T"
+            dims[layout] = "T"
         vis.append(helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, dims))
-    out = helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, [])
+    feeds = {k: v.astype(np.float32) for k, v in inputs.items()}
+    if lens is not None:
+        vis.append(helper.make_tensor_value_info("sequence_lens", onnx.TensorProto.INT32, ["N"]))
+        feeds["sequence_lens"] = np.asarray(lens, np.int32)
+    graph_outs = [helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, [])]
+    graph_outs += [
+        helper.make_tensor_value_info(names[k], onnx.TensorProto.FLOAT, None) for k in outs
+    ]
     model = helper.make_model(
-        helper.make_graph(nodes, "g", vis, [out], inits),
-        opset_imports=[helper.make_opsetid("", 22)],
+        helper.make_graph(nodes, "g", vis, graph_outs, inits),
+        opset_imports=[helper.make_opsetid("", 22 if layout else 17)],
         ir_version=10,
     )
     grad_model = differentiate(model, "loss", list(inputs))
     onnx.checker.check_model(grad_model, full_check=True)
-    sess = ort.InferenceSession(
-        _to_layout0(grad_model).SerializeToString(), providers=["CPUExecutionProvider"]
-    )
-    feeds = {k: v.astype(np.float32) for k, v in inputs.items()}
-    got = sess.run([f"{k}_grad" for k in inputs], feeds)
+    if layout:
+        grad_model = _to_layout0(grad_model)
+    sess = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    res = sess.run([names[k] for k in outs] + [f"{k}_grad" for k in inputs], feeds)
+    for k, y in zip(outs, res, strict=False):
+        np.testing.assert_allclose(y, ref[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=f"output {k}")
+    got = res[len(outs) :]
 
     tensors = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
-    res = _torch_rnn(
-        kind,
-        *(tensors.get(k) for k in ("X", "W", "R", "B", "initial_h", "initial_c")),
-        direction=direction,
-        layout=1,
-        lbr=lbr,
-    )
+    res = reference(tensors)
     sum((res[k] * torch.tensor(weights[k])).sum() for k in outs).backward()
     for (k, t), g in zip(tensors.items(), got, strict=True):
         ref = t.grad.numpy()
         scale = max(1.0, float(np.abs(ref).max()))
         np.testing.assert_allclose(g, ref, rtol=1e-4, atol=1e-5 * scale, err_msg=k)
+
+
+@pytest.mark.parametrize(
+    "kind, lbr, outs",
+    [
+        ("LSTM", 0, [0, 1, 2]),
+        ("LSTM", 0, [2]),
+        ("GRU", 0, [0, 1]),
+        ("GRU", 1, [0]),
+        ("RNN", 0, [1]),
+    ],
+)
+def test_layout1(kind, lbr, outs):
+    _check_ort_vs_torch(kind, "bidirectional", 1, outs, lbr=lbr)
+
+
+@pytest.mark.parametrize(
+    "kind, lbr, direction, outs",
+    [
+        ("LSTM", 0, "forward", [0, 1, 2]),
+        ("LSTM", 0, "reverse", [0, 1, 2]),
+        ("LSTM", 0, "bidirectional", [1, 2]),
+        ("GRU", 0, "bidirectional", [0, 1]),
+        ("GRU", 1, "bidirectional", [0, 1]),
+        ("RNN", 0, "bidirectional", [0, 1]),
+    ],
+)
+def test_sequence_lens(kind, lbr, direction, outs):
+    _check_ort_vs_torch(kind, direction, 0, outs, lbr=lbr, lens=[2, 3])
 
 
 @pytest.mark.parametrize(

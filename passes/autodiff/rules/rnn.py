@@ -12,10 +12,10 @@ elementwise ops per step). LSTM also needs its cell states, which the op does no
 small elementwise forward ``Scan`` recomputes them (``c_t = f_t * c_{t-1} + i_t * g_t``).
 
 Handled: layout 0 and 1; directions forward, reverse, bidirectional; optional ``B``,
-``initial_h``, ``initial_c`` (differentiable); outputs ``Y``, ``Y_h``, ``Y_c`` in any subset;
-GRU ``linear_before_reset`` 0 and 1. Unsupported: non-default activations, ``clip``, LSTM
-peepholes ``P`` and ``input_forget``, ``sequence_lens`` (unless a constant equal to a static
-sequence length).
+``initial_h``, ``initial_c`` (differentiable), ``sequence_lens`` (steps past a sequence's
+length are masked: zero gradient, the state gradient passes through unchanged); outputs
+``Y``, ``Y_h``, ``Y_c`` in any subset; GRU ``linear_before_reset`` 0 and 1. Unsupported:
+non-default activations, ``clip``, LSTM peepholes ``P`` and ``input_forget``.
 """
 
 from __future__ import annotations
@@ -140,11 +140,12 @@ class _Common:
                 raise Unsupported("input_forget=1 is not supported")
             if ctx.x(7) is not None:
                 raise Unsupported("peepholes (input P) are not supported")
-        if ctx.x(4) is not None:
+        self.lens = ctx.x(4)
+        if self.lens is not None:
             lens = ctx.const_input(4)
             t_dim = (ctx.dims(x) or [None, None])[self.layout]
-            if lens is None or not isinstance(t_dim, int) or not np.all(lens == t_dim):
-                raise Unsupported("sequence_lens is given (only the full length is supported)")
+            if lens is not None and isinstance(t_dim, int) and np.all(lens == t_dim):
+                self.lens = None  # every sequence is full: nothing to mask
         hidden = ctx.attr("hidden_size")
         if hidden is None:
             rd = ctx.dims(r)
@@ -160,6 +161,43 @@ class _Common:
         self.x3 = x if self.layout == 0 else ctx.op("Transpose", x, perm=[1, 0, 2])
         self._x2 = None
         self._zeros = None
+        self._mask = None
+
+    def mask(self):
+        """(bool, float) masks [seq, batch, 1] of the steps within each sequence's length."""
+        if self._mask is None:
+            ctx = self.ctx
+            steps = ctx.op("Squeeze", ctx.shape(self.x, self.layout, self.layout + 1), ctx.i64([0]))
+            t = ctx.unsqueeze(ctx.op("Range", ctx.i64(0), steps, ctx.i64(1)), [1, 2])
+            lens = ctx.unsqueeze(ctx.op("Cast", self.lens, to=ir.DataType.INT64), [0, 2])
+            mb = ctx.op("Less", t, lens)
+            self._mask = (mb, ctx.op("Cast", mb, to=self.dtype))
+        return self._mask
+
+    def masked(self, *vs):
+        """``vs`` times the float mask (unchanged without sequence_lens)."""
+        if self.lens is None:
+            return vs if len(vs) > 1 else vs[0]
+        mf = self.mask()[1]
+        out = tuple(self.ctx.op("Mul", v, mf) for v in vs)
+        return out if len(out) > 1 else out[0]
+
+    def where_valid(self, v, other):
+        """``v`` within the sequence lengths, ``other`` (a scalar) past them."""
+        if self.lens is None:
+            return v
+        return self.ctx.op("Where", self.mask()[0], v, other)
+
+    def keep(self):
+        """1 - mask: the state gradient passes unchanged through steps past the length."""
+        return self.ctx.op("Sub", self.ctx.scalar(1.0, self.x), self.mask()[1])
+
+    def hidden_states(self, y_d, h0, reverse):
+        """The hidden state after each step: Y, except past the length of a reversed
+        sequence, where the state is still the initial one (Y is 0 there)."""
+        if self.lens is None or not reverse or h0 is None:
+            return y_d
+        return self.ctx.op("Add", y_d, self.ctx.op("Mul", self.keep(), h0))
 
     # -- per direction slices --------------------------------------------------------------
     def pick(self, v, d: int, axis: int):
@@ -214,7 +252,7 @@ class _Common:
 def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     ctx, H = c.ctx, c.H
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
-    hprev = _shift(ctx, y_d, h0, reverse)
+    hprev = _shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
     a = ctx.op("Add", c.pre(c.x3, w_d), c.pre(hprev, r_d))
     b_d = None
     if c.b is not None:
@@ -224,7 +262,8 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     s = ctx.op("Sigmoid", a_s)  # i, o, f
     g = ctx.op("Tanh", a_g)
     i, o, f = ctx.split(s, [H, H, H], -1, 3)
-    ig = ctx.op("Mul", i, g)
+    ig = c.masked(ctx.op("Mul", i, g))
+    f = c.where_valid(f, ctx.scalar(1.0, c.x))  # the cell state holds past the length
 
     # Forward loop: the cell states c_t = f_t * c_{t-1} + i_t * g_t.
     body = _Body(ctx, "cell_scan", c.dtype)
@@ -244,6 +283,7 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     k_g = ctx.op("Mul", i, ctx.op("Sub", one, ctx.op("Mul", g, g)))
     k = ctx.op("Concat", k_iof, k_g, axis=-1)
     k2 = ctx.op("Mul", o, ctx.op("Sub", one, ctx.op("Mul", tc, tc)))  # dc += dh * k2
+    k, k2 = c.masked(k, k2)
 
     body = _Body(ctx, "lstm_grad_scan", c.dtype)
     dh_c, dc_c = body.input("dh"), body.input("dc")
@@ -253,8 +293,13 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     dct = body.op("Add", dc_c, body.op("Mul", dh, k2_t))
     da = body.op("Mul", body.op("Concat", dct, dh, dct, dct, axis=-1), k_t)
     dh_new = body.op("MatMul", da, r_d)
+    if c.lens is not None:
+        keep_t = body.input("keep")
+        dh_new = body.op("Add", dh_new, body.op("Mul", dh, keep_t))
     dc_new = body.op("Mul", dct, f_t)
     scans = ([dy] if dy is not None else []) + [k, k2, f]
+    if c.lens is not None:
+        scans.append(c.keep())
     states = [dyh if dyh is not None else c.zeros(), dyc if dyc is not None else c.zeros()]
     dh0, dc0, da_all = _scan(ctx, body, [dh_new, dc_new, da], states, scans, 1, not reverse)
 
@@ -275,7 +320,7 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     ctx, H = c.ctx, c.H
     lbr = int(ctx.attr("linear_before_reset", 0))
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
-    hprev = _shift(ctx, y_d, h0, reverse)
+    hprev = _shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
     xw = c.pre(c.x3, w_d)
     wb = rb = None
     if c.b is not None:
@@ -310,6 +355,8 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     dz, dr = ctx.split(dzr, [H, H], -1, 2)
     kz = ctx.op("Mul", ctx.op("Sub", hprev, hh), dz)
     kh = ctx.op("Mul", ctx.op("Sub", one, z), ctx.op("Sub", one, ctx.op("Mul", hh, hh)))
+    # Past a sequence's length: no pre-activation gradient, and z = 1 passes dh through.
+    z_state = c.where_valid(z, one)
 
     body = _Body(ctx, "gru_grad_scan", c.dtype)
     dh_c = body.input("dh")
@@ -319,12 +366,13 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
         kr = ctx.op("Mul", ctx.op("Mul", kh, hr_h), dr)
         k = ctx.op("Concat", kz, kr, kh, axis=-1)  # d (x W^T + Wb)
         k2 = ctx.op("Concat", kz, kr, ctx.op("Mul", kh, r), axis=-1)  # d (h R^T + Rb)
+        k, k2 = c.masked(k, k2)
         k2_t, z_t = body.input("k2"), body.input("z")
         dh = body.op("Add", dh_c, dy_t) if dy_t is not None else dh_c
         dg = body.op("Mul", body.op("Concat", dh, dh, dh, axis=-1), k2_t)
         dh_new = body.op("Add", body.op("MatMul", dg, r_d), body.op("Mul", dh, z_t))
         dh_seq = body.op("Identity", dh) if dy_t is None else dh
-        scans = ([dy] if dy is not None else []) + [k2, z]
+        scans = ([dy] if dy is not None else []) + [k2, z_state]
         dh0, dh_all = _scan(
             ctx,
             body,
@@ -339,6 +387,7 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
         dhr = ctx.op("Mul", d3, k2)
     else:
         kr = ctx.op("Mul", hprev, dr)
+        kz, kh, kr = c.masked(kz, kh, kr)
         kz_t, kh_t, kr_t = body.input("kz"), body.input("kh"), body.input("kr")
         z_t, r_t = body.input("z"), body.input("r")
         dh = body.op("Add", dh_c, dy_t) if dy_t is not None else dh_c
@@ -352,7 +401,7 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
             body.op("Add", body.op("Mul", dh, z_t), body.op("Mul", m, r_t)),
             body.op("MatMul", da_zr, r_zr),
         )
-        scans = ([dy] if dy is not None else []) + [kz, kh, kr, z, r]
+        scans = ([dy] if dy is not None else []) + [kz, kh, kr, z_state, r]
         dh0, dxw = _scan(
             ctx, body, [dh_new, da], [dyh if dyh is not None else c.zeros()], scans, 1, not reverse
         )
@@ -379,7 +428,7 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
 def _rnn_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     ctx, H = c.ctx, c.H
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
-    k = ctx.op("Sub", ctx.scalar(1.0, c.x), ctx.op("Mul", y_d, y_d))  # tanh'
+    k = c.masked(ctx.op("Sub", ctx.scalar(1.0, c.x), ctx.op("Mul", y_d, y_d)))  # tanh'
 
     body = _Body(ctx, "rnn_grad_scan", c.dtype)
     dh_c = body.input("dh")
@@ -389,6 +438,9 @@ def _rnn_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     da = body.op("Mul", dh, k_t)
     dh_new = body.op("MatMul", da, r_d)
     scans = ([dy] if dy is not None else []) + [k]
+    if c.lens is not None:
+        dh_new = body.op("Add", dh_new, body.op("Mul", dh, body.input("keep")))
+        scans.append(c.keep())
     dh0, da_all = _scan(
         ctx, body, [dh_new, da], [dyh if dyh is not None else c.zeros()], scans, 1, not reverse
     )
@@ -399,7 +451,8 @@ def _rnn_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     if ctx.needs(1):
         out["dw"] = c.outer(da_all, c.x3, c.G, None)
     if ctx.needs(2):
-        out["dr"] = c.outer(da_all, _shift(ctx, y_d, h0, reverse), c.G, H)
+        hprev = _shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
+        out["dr"] = c.outer(da_all, hprev, c.G, H)
     if ctx.needs(3):
         db = c.bias_sum(da_all)
         out["db"] = ctx.op("Concat", db, db, axis=0)
@@ -422,7 +475,7 @@ def _recurrent(ctx, dys, kind: str):
     for d in range(c.nd):
         reverse = c.direction == "reverse" or d == 1
         y_d = c.seq_dir(y, d)
-        dy_d = c.seq_dir(dy, d) if dy is not None else None
+        dy_d = c.masked(c.seq_dir(dy, d)) if dy is not None else None
         h0 = c.state_dir(h0_all, d)
         if kind == "LSTM":
             res = _lstm_dir(
