@@ -125,6 +125,9 @@ EINSUMS = [
     ("ij,jk", [(3, 4), (4, 2)]),  # implicit output
     ("bij,jk,bk->bi", [(2, 3, 4), (4, 5), (2, 5)]),  # three operands
     ("ik,jl->ij", [(3, 2), (4, 5)]),  # indices summed within each operand
+    ("bIj, bjK -> bIK", [(2, 3, 4), (2, 4, 5)]),  # upper case, spaces
+    ("...ij->...", [(2, 3, 4)]),
+    ("ij,ij->ij", [(2, 3), (2, 3)]),
 ]
 
 
@@ -137,6 +140,17 @@ def test_einsum(eq, shapes):
         inputs,
         attrs={"equation": eq},
         torch_fn=lambda **t: torch.einsum(eq, *[t[n] for n in names]),
+    )
+
+
+def test_einsum_diagonal_of_a_frozen_operand():
+    """A trace in an operand that is not trained is fine: it stays in the gradient Einsum."""
+    check_op(
+        "Einsum",
+        {"x0": _rand(4), "x1": _rand(3, 3, seed=1)},
+        attrs={"equation": "j,ii->j"},
+        wrt=["x0"],
+        torch_fn=lambda x0, x1: torch.einsum("j,ii->j", x0, x1),
     )
 
 
