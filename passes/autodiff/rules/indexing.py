@@ -2,8 +2,9 @@
 CumSum.
 
 Gathers scatter dy back into zeros of the data's shape with ``reduction="add"`` (opset >= 16,
-so repeated indices accumulate); Gather at opsets 13-15 multiplies by a one-hot matrix instead
-(memory: axis size x number of indices). Negative indices are left to the scatter ops, which
+so repeated indices accumulate); Gather at opsets 13-15 sums repeated indices with a one-hot
+matrix product instead (axis 0: distinct indices x indices, via Unique; other axes: axis size x
+indices). Negative indices are left to the scatter ops, which
 accept them. Index tensors get no gradient.
 """
 
@@ -79,6 +80,8 @@ def gather(ctx, dys):
     if q == 0 and const is not None:
         return [_gather_scalar_pad(ctx, dy, x, a, int(const))]
     if ctx.opset < 16:
+        if a == 0:
+            return [_gather_rows_unique(ctx, dy, x, ind, q)]
         return [_gather_one_hot(ctx, dy, x, ind, a, q)]
     if a == 0:
         # Rows of dy added into the rows of zeros the indices name (the embedding case).
@@ -116,6 +119,22 @@ def _gather_scalar_pad(ctx, dy, x, a, index):
     begins[a], ends[a] = before, after
     pads = _ints(ctx, begins + ends)
     return ctx.op("Pad", ctx.unsqueeze(dy, [a]), pads)
+
+
+def _gather_rows_unique(ctx, dy, x, ind, q):
+    """Opset 13-15, axis 0 (embeddings): no scatter-add, so sum dy's rows per distinct index
+    with a one-hot [U, K] @ dy[K, R] (U distinct among K indices: memory U x K, not V x K),
+    then write the U sums, whose indices are distinct, with a plain ScatterND."""
+    d = _dim(ctx, x, 0)
+    flat = _i64(ctx, ctx.reshape(ind, [-1]))
+    flat = ctx.op("Mod", flat, ctx.i64([d]) if isinstance(d, int) else d)  # -1 and V-1 meet
+    uniq, _, inverse = ctx.op_multi("Unique", flat, num_outputs=3, sorted=1)
+    count = ctx.squeeze(ctx.shape(uniq), [0])
+    slots = ctx.unsqueeze(ctx.op("Range", ctx.i64(0), count, ctx.i64(1)), [1])
+    one_hot = ctx.op("Cast", ctx.op("Equal", slots, ctx.unsqueeze(inverse, [0])), to=ctx.dtype(x))
+    sums = ctx.op("MatMul", one_hot, ctx.op("Flatten", dy, axis=q))
+    rows = ctx.reshape(sums, _ints(ctx, [-1, *_dims(ctx, x, 1, ctx.rank(x))]))
+    return ctx.op("ScatterND", ctx.zeros_like(x), ctx.unsqueeze(uniq, [-1]), rows)
 
 
 def _gather_one_hot(ctx, dy, x, ind, a, q):
