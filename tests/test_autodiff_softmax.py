@@ -260,3 +260,21 @@ def test_transformer_with_cross_entropy_matches_torch():
             atol=2e-5 * max(1.0, float(np.abs(ref).max())),
             err_msg=f"d loss / d {name}",
         )
+
+
+@pytest.mark.parametrize("op", ["SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"])
+def test_losses_at_opset_13(op):
+    """Every op the rules emit is valid at the lowest opset (checker, full check)."""
+    reduction, weighted, ignore, shape = ("mean", True, -1, (2, C, 3))
+    inputs, consts, order = _inputs(weighted, ignore, shape)
+    f = F.cross_entropy if op.startswith("Softmax") else F.nll_loss
+    check_op(
+        op,
+        inputs,
+        consts=consts,
+        order=order,
+        attrs=_attrs(reduction, ignore),
+        wrt=["x"],
+        opset=13,
+        torch_fn=lambda x, labels, w: f(x, labels, weight=w, ignore_index=ignore),
+    )
