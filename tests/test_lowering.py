@@ -452,8 +452,9 @@ def test_build_training_model_raises_lowering_error_naming_ops_and_option():
 def test_portable_model_has_no_training_build_ops():
     m = build_cnn(batchnorm=True)
     opt = ax.AdaMax(ax.trainable_params(m), learning_rate=1e-2)
-    portable = ax.build_training_model(m, opt)
-    raw = ax.build_training_model(m, opt, portable=False)
+    ort = OrtGradientBuilder()
+    portable = ax.build_training_model(m, opt, gradient_builder=ort)
+    raw = ax.build_training_model(m, opt, gradient_builder=ort, portable=False)
     assert not nonstandard_nodes(portable)
     assert all(o.domain != "com.microsoft" for o in portable.opset_import)
     onnx.checker.check_model(portable, full_check=True)
