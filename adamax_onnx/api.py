@@ -202,8 +202,8 @@ def _finish(model: onnx.ModelProto, values: Mapping[str, onnx.TensorProto]) -> o
     model.ir_version = min(model.ir_version or IR_VERSION, 10)
     if not model.producer_name:
         model.producer_name = "adamax-onnx"
-    # Training-build ops (portable=False) are not in the ONNX registry, so the checker can only
-    # vouch for graphs made of standard ops.
+    # Training-build ops (OrtGradientBuilder with portable=False) are not in the ONNX registry,
+    # so the checker can only vouch for graphs made of standard ops.
     if all(onnx.defs.has(n.op_type, n.domain) for n in model.graph.node):
         try:
             onnx.checker.check_model(model, full_check=True)
@@ -235,7 +235,11 @@ def build_training_model(
             an existing scalar output.
         label: name of the label input added for a built-in loss.
         output: the model output the loss reads (default: the only one).
-        gradient_builder: replaces onnxruntime-training's builder (see :mod:`passes.gradients`).
+        gradient_builder: the :class:`passes.gradients.GradientBuilder` that differentiates
+            the loss; default :class:`passes.autodiff.AutodiffBuilder`, this library's
+            reverse-mode autodiff over standard ONNX (:mod:`passes.autodiff`), which needs no
+            onnxruntime-training. ``passes.gradients.OrtGradientBuilder()`` uses
+            onnxruntime-training 1.19.2's C++ builder instead (in an environment that has it).
         skip_nonfinite: check every gradient for NaN/Inf in the same run; where one is found,
             every parameter and optimizer state output equals its input, and the bool output
             ``adamax.overflow`` (``TrainingSession.last_overflow``) is True. Default False:
@@ -243,12 +247,12 @@ def build_training_model(
         loss_scale_manager: a :class:`DynamicLossScaleManager` or :class:`FixedLossScaleManager`
             (MindSpore semantics, see :mod:`adamax_onnx.loss_scale`); the dynamic scale is
             graph state. A manager that drops overflowing updates implies ``skip_nonfinite``.
-        portable: lower the training-build ops the gradient builder emits (``com.microsoft``
-            ``ReluGrad``, ``ConvGrad``, ...) to standard ONNX ops (:mod:`passes.lowering`), so
-            the model runs on stock onnxruntime, other providers and ``onnx.reference``.
-            ``False`` keeps the training-build form, which only onnxruntime-training runs.
-            Inference-form BatchNormalization is decomposed (:mod:`passes.batchnorm`) either
-            way: the gradient builder has no gradient for it.
+        portable: lower non-standard ops a gradient builder emitted (onnxruntime-training's
+            ``com.microsoft`` ``ReluGrad``, ``ConvGrad``, ...) to standard ONNX ops
+            (:mod:`passes.lowering`), so the model runs on stock onnxruntime, other providers
+            and ``onnx.reference``. The default builder emits standard ONNX only, so this
+            matters only with ``OrtGradientBuilder``; ``False`` then keeps its training-build
+            form, which only onnxruntime-training runs.
         bucket_size: float32 parameters with fewer than ``bucket_size`` elements (default
             65,536) are updated together in flat buckets of at most that many elements
             (bit-identical results, far fewer nodes and a much faster session set-up with many
@@ -262,8 +266,11 @@ def build_training_model(
             ``[rows, chunk]``: another runtime must reshape them before feeding them back.
 
     Raises:
-        LoweringError: ``portable=True`` and some op has no standard lowering (the message
-            names each op type and node).
+        GradientError: an op on the path from a trained parameter to the loss has no gradient
+            rule (the message names the op, its domain, the node and the parameter, and says
+            how to freeze what is upstream of it).
+        LoweringError: ``portable=True`` and some op a custom builder emitted has no standard
+            lowering (the message names each op type and node).
 
     Returns:
         A valid ONNX model. Inputs: the model's inputs, the label, then parameters and optimizer

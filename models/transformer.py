@@ -45,6 +45,7 @@ def build_transformer(
     num_classes: int = 4,
     seed: int = 0,
     gelu: str = "erf",
+    num_layers: int = 1,
 ) -> onnx.ModelProto:
     """Build the transformer classifier.
 
@@ -58,6 +59,8 @@ def build_transformer(
         seed: seed of the deterministic ``np.random.default_rng`` initialisation.
         gelu: ``"erf"`` for ``0.5*x*(1+erf(x/sqrt(2)))`` or ``"tanh"`` for
             ``0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3)))``.
+        num_layers: number of encoder blocks; with more than one, block ``i``'s tensors are
+            prefixed ``layer<i>.`` (``layer0.attn.q.weight``, ...).
 
     Returns:
         A checked ONNX model. Trainable initializers: ``embed.weight``, ``pos.weight``,
@@ -67,7 +70,7 @@ def build_transformer(
     """
     if gelu not in GELUS:
         raise ValueError(f"gelu must be one of {GELUS}, got {gelu!r}")
-    if min(vocab_size, seq_len, d_model, num_heads, d_ff, num_classes) < 1:
+    if min(vocab_size, seq_len, d_model, num_heads, d_ff, num_classes, num_layers) < 1:
         raise ValueError("all sizes must be positive")
     if d_model % num_heads:
         raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
@@ -107,53 +110,65 @@ def build_transformer(
     tok = node("Gather", ["embed.weight", "input_ids"], "embed", axis=0)
     x = node("Add", [tok, "pos.weight"], "embed.add_pos")
 
-    # self-attention block (pre-LN)
-    inits.append(i64("attn.heads_shape", [0, 0, num_heads, head_dim]))
-    inits.append(i64("attn.merge_shape", [0, 0, d_model]))
-    inits.append(f32("attn.scale", 1.0 / math.sqrt(head_dim)))
-    h = layer_norm(x, "ln1")
-    heads = {}
-    for p in ("q", "k", "v"):
-        y = linear(h, f"attn.{p}", d_model, d_model)
-        y = node("Reshape", [y, "attn.heads_shape"], f"attn.{p}.heads")  # [N, T, H, Dh]
-        # K goes straight to [N, H, Dh, T] (transposed for the scores); Q, V to [N, H, T, Dh].
-        perm = [0, 2, 3, 1] if p == "k" else [0, 2, 1, 3]
-        heads[p] = node("Transpose", [y], f"attn.{p}.transpose", perm=perm)
-    s = node("MatMul", [heads["q"], heads["k"]], "attn.scores")  # [N, H, T, T]
-    s = node("Mul", [s, "attn.scale"], "attn.scores_scaled")
-    a = node("Softmax", [s], "attn.softmax", axis=-1)
-    c = node("MatMul", [a, heads["v"]], "attn.context")  # [N, H, T, Dh]
-    c = node("Transpose", [c], "attn.context.transpose", perm=[0, 2, 1, 3])  # [N, T, H, Dh]
-    c = node("Reshape", [c, "attn.merge_shape"], "attn.context.merge")  # [N, T, D]
-    c = linear(c, "attn.out", d_model, d_model)
-    x1 = node("Add", [x, c], "attn.residual")
+    def block(x: str, pre: str) -> str:
+        # self-attention block (pre-LN)
+        inits.append(i64(f"{pre}attn.heads_shape", [0, 0, num_heads, head_dim]))
+        inits.append(i64(f"{pre}attn.merge_shape", [0, 0, d_model]))
+        inits.append(f32(f"{pre}attn.scale", 1.0 / math.sqrt(head_dim)))
+        h = layer_norm(x, f"{pre}ln1")
+        heads = {}
+        for p in ("q", "k", "v"):
+            y = linear(h, f"{pre}attn.{p}", d_model, d_model)
+            y = node(
+                "Reshape", [y, f"{pre}attn.heads_shape"], f"{pre}attn.{p}.heads"
+            )  # [N, T, H, Dh]
+            # K goes straight to [N, H, Dh, T] (transposed for the scores); Q, V to [N, H, T, Dh].
+            perm = [0, 2, 3, 1] if p == "k" else [0, 2, 1, 3]
+            heads[p] = node("Transpose", [y], f"{pre}attn.{p}.transpose", perm=perm)
+        s = node("MatMul", [heads["q"], heads["k"]], f"{pre}attn.scores")  # [N, H, T, T]
+        s = node("Mul", [s, f"{pre}attn.scale"], f"{pre}attn.scores_scaled")
+        a = node("Softmax", [s], f"{pre}attn.softmax", axis=-1)
+        c = node("MatMul", [a, heads["v"]], f"{pre}attn.context")  # [N, H, T, Dh]
+        c = node(
+            "Transpose", [c], f"{pre}attn.context.transpose", perm=[0, 2, 1, 3]
+        )  # [N, T, H, Dh]
+        c = node("Reshape", [c, f"{pre}attn.merge_shape"], f"{pre}attn.context.merge")  # [N, T, D]
+        c = linear(c, f"{pre}attn.out", d_model, d_model)
+        x1 = node("Add", [x, c], f"{pre}attn.residual")
 
-    # feed-forward block (pre-LN)
-    h = layer_norm(x1, "ln2")
-    f = linear(h, "ff1", d_model, d_ff)
+        # feed-forward block (pre-LN)
+        h = layer_norm(x1, f"{pre}ln2")
+        f = linear(h, f"{pre}ff1", d_model, d_ff)
+        if gelu == "erf":
+            t = node("Mul", [f, "gelu.inv_sqrt2"], f"{pre}gelu.scaled")
+            t = node("Erf", [t], f"{pre}gelu.erf")
+        else:
+            t = node("Mul", [f, f], f"{pre}gelu.x2")
+            t = node("Mul", [t, f], f"{pre}gelu.x3")
+            t = node("Mul", [t, "gelu.coeff"], f"{pre}gelu.cubic")
+            t = node("Add", [f, t], f"{pre}gelu.inner")
+            t = node("Mul", [t, "gelu.sqrt_2_over_pi"], f"{pre}gelu.scaled")
+            t = node("Tanh", [t], f"{pre}gelu.tanh")
+        t = node("Add", [t, "gelu.one"], f"{pre}gelu.one_plus")
+        t = node("Mul", [f, t], f"{pre}gelu.x_times")
+        g = node("Mul", [t, "gelu.half"], f"{pre}gelu")
+        f = linear(g, f"{pre}ff2", d_ff, d_model)
+        x2 = node("Add", [x1, f], f"{pre}ff.residual")
+
+        return x2
+
     inits.append(f32("gelu.half", 0.5))
     inits.append(f32("gelu.one", 1.0))
     if gelu == "erf":
         inits.append(f32("gelu.inv_sqrt2", 1.0 / math.sqrt(2.0)))
-        t = node("Mul", [f, "gelu.inv_sqrt2"], "gelu.scaled")
-        t = node("Erf", [t], "gelu.erf")
     else:
         inits.append(f32("gelu.coeff", 0.044715))
         inits.append(f32("gelu.sqrt_2_over_pi", math.sqrt(2.0 / math.pi)))
-        t = node("Mul", [f, f], "gelu.x2")
-        t = node("Mul", [t, f], "gelu.x3")
-        t = node("Mul", [t, "gelu.coeff"], "gelu.cubic")
-        t = node("Add", [f, t], "gelu.inner")
-        t = node("Mul", [t, "gelu.sqrt_2_over_pi"], "gelu.scaled")
-        t = node("Tanh", [t], "gelu.tanh")
-    t = node("Add", [t, "gelu.one"], "gelu.one_plus")
-    t = node("Mul", [f, t], "gelu.x_times")
-    g = node("Mul", [t, "gelu.half"], "gelu")
-    f = linear(g, "ff2", d_ff, d_model)
-    x2 = node("Add", [x1, f], "ff.residual")
+    for layer in range(num_layers):
+        x = block(x, "" if num_layers == 1 else f"layer{layer}.")
 
     # pooling and classifier
-    pooled = node("ReduceMean", [x2], "pool", axes=[1], keepdims=0)  # [N, D]
+    pooled = node("ReduceMean", [x], "pool", axes=[1], keepdims=0)  # [N, D]
     linear(pooled, "head", d_model, num_classes, out="logits")
 
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [BATCH, seq_len])]
@@ -165,7 +180,7 @@ def build_transformer(
         outputs,
         inits,
         doc=(
-            f"1-block pre-LN transformer vocab_size={vocab_size} seq_len={seq_len} "
+            f"{num_layers}-block pre-LN transformer vocab_size={vocab_size} seq_len={seq_len} "
             f"d_model={d_model} num_heads={num_heads} d_ff={d_ff} num_classes={num_classes} "
             f"gelu={gelu} seed={seed}"
         ),
