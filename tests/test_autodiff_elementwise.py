@@ -147,6 +147,24 @@ UNARY = [
     ),
     ("HardSwish", {}, F.hardswish, lambda s: away(s, 0.2, 5.0)),
     ("Identity", {}, lambda x: x, away),
+    ("Tan", {}, torch.tan, away),
+    ("Sinh", {}, torch.sinh, away),
+    ("Cosh", {}, torch.cosh, away),
+    ("Asin", {}, torch.asin, lambda s: away(s, 0.1, 0.9)),
+    ("Acos", {}, torch.acos, lambda s: away(s, 0.1, 0.9)),
+    ("Atan", {}, torch.atan, away),
+    ("Asinh", {}, torch.asinh, away),
+    ("Acosh", {}, torch.acosh, lambda s: pos(s, 1.2, 3.0)),
+    ("Atanh", {}, torch.atanh, lambda s: away(s, 0.1, 0.9)),
+    ("ThresholdedRelu", {}, lambda x: torch.where(x > 1.0, x, 0.0), lambda s: away(s, 0.2, 2.5)),
+    (
+        "ThresholdedRelu",
+        {"alpha": 0.5},
+        lambda x: torch.where(x > 0.5, x, 0.0),
+        away,
+    ),
+    ("Shrink", {}, lambda x: F.hardshrink(x, 0.5), away),
+    ("Shrink", {"lambd": 0.7, "bias": 0.7}, lambda x: F.softshrink(x, 0.7), away),
 ]
 
 
@@ -169,19 +187,34 @@ def test_gelu(approximate):
     )
 
 
+def test_mish():
+    check_op("Mish", {"x": away((3, 4), 0.1, 4.0)}, torch_fn=lambda x: F.mish(x), opset=18)
+
+
+def test_pow_constant_tensor_exponent():
+    check_op(
+        "Pow",
+        {"a": pos((2, 3))},
+        consts={"c": np.array([2.0, 0.5, -1.0])},
+        torch_fn=lambda a, c: a**c,
+    )
+
+
 def test_gelu_default_attribute():
     check_op("Gelu", {"x": away((2, 5))}, torch_fn=lambda x: F.gelu(x), opset=20, **FD_ERF["Gelu"])
 
 
 def test_kinks_follow_torch():
     """At 0: Relu, Abs, LeakyRelu give torch's one-sided choice; HardSwish at +-3."""
-    x = np.array([[0.0, 1.0, -1.0, 3.0, -3.0, 2.5]])
+    x = np.array([[0.0, 1.0, -1.0, 3.0, -3.0, 2.5, 0.5, -0.5]])
     for op, fn in [
         ("Relu", torch.relu),
         ("Abs", torch.abs),
         ("LeakyRelu", lambda x: F.leaky_relu(x, 0.01)),
         ("HardSwish", F.hardswish),
         ("Elu", F.elu),
+        ("ThresholdedRelu", lambda x: torch.where(x > 1.0, x, 0.0)),
+        ("Shrink", lambda x: F.hardshrink(x, 0.5)),
     ]:
         check_op(op, {"x": x}, torch_fn=lambda x, fn=fn: fn(x), **NO_FD)
 

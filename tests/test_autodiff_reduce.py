@@ -224,3 +224,48 @@ def test_cumsum_run_time_int32_axis():
         torch_fn=lambda x, axis: torch.cumsum(x, 1),
         opset=13,
     )
+
+
+# -- other element types ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16], ids=["double", "half"])
+@pytest.mark.parametrize("op", list(OPS))
+def test_other_float_types(op, dtype):
+    """Emitted constants and casts follow the element type (run-time count of ReduceMean too)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from passes.autodiff import differentiate
+
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    x = OPS[op][2](SHAPE)
+    w = RNG.standard_normal(SHAPE[1:])
+    nodes = [
+        helper.make_node(op, ["x", "axes"], ["y"], keepdims=0),
+        helper.make_node("Mul", ["y", "w"], ["t"]),
+        helper.make_node("ReduceSum", ["t"], ["loss"], keepdims=0),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "axes"),
+        numpy_helper.from_array(w.astype(dtype), "w"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "typed",
+        [helper.make_tensor_value_info("x", elem, ["N", *SHAPE[1:]])],
+        [helper.make_tensor_value_info("loss", elem, [])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    grad_model = differentiate(model, "loss", ["x"])
+    onnx.checker.check_model(grad_model, full_check=True)
+    sess = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ours,) = sess.run(["x_grad"], {"x": x.astype(dtype)})
+    t = torch.tensor(x.astype(dtype).astype(np.float64), requires_grad=True)
+    y = _torch_fn(op, [0], 0, 0)(t)
+    (y * torch.tensor(w.astype(dtype).astype(np.float64))).sum().backward()
+    tol = 1e-9 if dtype == np.float64 else 2e-2
+    assert ours.dtype == dtype
+    np.testing.assert_allclose(ours.astype(np.float64), t.grad.numpy(), rtol=tol, atol=tol)

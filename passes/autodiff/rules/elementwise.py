@@ -91,6 +91,7 @@ def pow_(ctx, dys):
     a, b, y = ctx.x(0), ctx.x(1), ctx.y(0)
     out = [None, None]
     if ctx.needs(0):
+        c_arr = ctx.const_input(1)
         c = _scalar_const(ctx, 1)
         if c is not None:
             # The usual case (x ** 2, x ** 0.5, ...): constant exponent.
@@ -104,6 +105,11 @@ def pow_(ctx, dys):
                 p = ctx.op("Pow", a, ctx.scalar(c - 1.0, a))
                 local = ctx.op("Mul", dy, _mul_const(ctx, p, c, a))
             out[0] = ctx.zeros_like(a) if local is None else ctx.sum_to(local, a)
+        elif c_arr is not None:
+            c_arr = np.asarray(c_arr, dtype=np.float64)
+            p = ctx.op("Pow", a, ctx.const(c_arr - 1.0, a))
+            local = ctx.op("Mul", dy, ctx.op("Mul", p, ctx.const(c_arr, a)))
+            out[0] = ctx.sum_to(local, a)
         else:
             bf = ctx.cast_like(b, a)
             p = ctx.op("Pow", a, ctx.op("Sub", bf, ctx.scalar(1.0, a)))
@@ -164,6 +170,64 @@ def sin(ctx, dys):
 @rule("Cos")
 def cos(ctx, dys):
     return [ctx.op("Neg", ctx.op("Mul", dys[0], ctx.op("Sin", ctx.x(0))))]
+
+
+@rule("Tan")
+def tan(ctx, dys):
+    """dx = dy (1 + y ** 2)."""
+    y = ctx.y(0)
+    return [ctx.op("Mul", dys[0], ctx.op("Add", ctx.op("Mul", y, y), ctx.scalar(1.0, y)))]
+
+
+@rule("Sinh")
+def sinh(ctx, dys):
+    return [ctx.op("Mul", dys[0], ctx.op("Cosh", ctx.x(0)))]
+
+
+@rule("Cosh")
+def cosh(ctx, dys):
+    return [ctx.op("Mul", dys[0], ctx.op("Sinh", ctx.x(0)))]
+
+
+def _over_sqrt(ctx, dy, x, a: float, b: float, negate: bool = False):
+    """``dy / sqrt(a + b x^2)`` (negated when asked): the derivatives of asin, acos, ..."""
+    q = ctx.op("Add", _mul_const(ctx, ctx.op("Mul", x, x), b, x), ctx.scalar(a, x))
+    r = ctx.op("Div", dy, ctx.op("Sqrt", q))
+    return ctx.op("Neg", r) if negate else r
+
+
+@rule("Asin")
+def asin(ctx, dys):
+    return [_over_sqrt(ctx, dys[0], ctx.x(0), 1.0, -1.0)]
+
+
+@rule("Acos")
+def acos(ctx, dys):
+    return [_over_sqrt(ctx, dys[0], ctx.x(0), 1.0, -1.0, negate=True)]
+
+
+@rule("Asinh")
+def asinh(ctx, dys):
+    return [_over_sqrt(ctx, dys[0], ctx.x(0), 1.0, 1.0)]
+
+
+@rule("Acosh")
+def acosh(ctx, dys):
+    return [_over_sqrt(ctx, dys[0], ctx.x(0), -1.0, 1.0)]
+
+
+@rule("Atan")
+def atan(ctx, dys):
+    """dx = dy / (1 + x^2)."""
+    x = ctx.x(0)
+    return [ctx.op("Div", dys[0], ctx.op("Add", ctx.op("Mul", x, x), ctx.scalar(1.0, x)))]
+
+
+@rule("Atanh")
+def atanh(ctx, dys):
+    """dx = dy / (1 - x^2)."""
+    x = ctx.x(0)
+    return [ctx.op("Div", dys[0], ctx.op("Sub", ctx.scalar(1.0, x), ctx.op("Mul", x, x)))]
 
 
 @rule("Erf")
@@ -281,6 +345,33 @@ def gelu(ctx, dys):
         right = ctx.op("Mul", _mul_const(ctx, x, 0.5 * k, x), ctx.op("Mul", sech2, dinner))
         return [ctx.op("Mul", dy, ctx.op("Add", left, right))]
     raise Unsupported(f"approximate={approximate!r}")
+
+
+@rule("Mish", since=18)
+def mish(ctx, dys):
+    """y = x tanh(softplus(x)): dy/dx = t + x sigmoid(x) (1 - t^2), t = tanh(softplus(x))."""
+    x = ctx.x(0)
+    t = ctx.op("Tanh", ctx.op("Softplus", x))
+    sech2 = ctx.op("Sub", ctx.scalar(1.0, x), ctx.op("Mul", t, t))
+    slope = ctx.op("Add", t, ctx.op("Mul", ctx.op("Mul", x, ctx.op("Sigmoid", x)), sech2))
+    return [ctx.op("Mul", dys[0], slope)]
+
+
+@rule("ThresholdedRelu")
+def thresholded_relu(ctx, dys):
+    """y = x where x > alpha, else 0."""
+    x = ctx.x(0)
+    alpha = float(ctx.attr("alpha", 1.0))
+    return [_where0(ctx, ctx.op("Greater", x, ctx.scalar(alpha, x)), dys[0], x)]
+
+
+@rule("Shrink")
+def shrink(ctx, dys):
+    """y = x -+ bias where |x| > lambd, else 0 (torch's hardshrink/softshrink: 0 at +-lambd)."""
+    x = ctx.x(0)
+    lambd = float(ctx.attr("lambd", 0.5))
+    outside = ctx.op("Greater", ctx.op("Abs", x), ctx.scalar(lambd, x))
+    return [_where0(ctx, outside, dys[0], x)]
 
 
 @rule("Softplus")

@@ -1,4 +1,4 @@
-"""Gradients of reductions: ReduceSum/Mean/Max/Min/Prod/SumSquare/L1/L2/LogSum/LogSumExp, CumSum.
+"""Gradients of reductions: ReduceSum/Mean/Max/Min/Prod/SumSquare/L1/L2/LogSum/LogSumExp.
 
 Every ONNX form is handled: ``axes`` as an attribute (before opset 18, except ReduceSum from
 13) or as an input (a constant, or a tensor computed at run time: the gradient then reuses it),
@@ -192,14 +192,3 @@ def reduce_prod(ctx, dys):
     at_zero = ctx.op("Where", ctx.op("Equal", zeros, one), others, zero)
     local = ctx.op("Where", is_zero, at_zero, at_nonzero)
     return [ctx.op("Mul", local, _keep(ctx, spec, dys[0]))]
-
-
-@rule("CumSum", since=11)
-def cumsum(ctx, dys):
-    """The gradient of a cumulative sum is the cumulative sum in the other direction."""
-    exclusive = int(ctx.attr("exclusive", 0))
-    reverse = int(ctx.attr("reverse", 0))
-    return [
-        ctx.op("CumSum", dys[0], ctx.x(1), exclusive=exclusive, reverse=1 - reverse),
-        None,
-    ]
