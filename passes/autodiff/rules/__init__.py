@@ -1,3 +1,13 @@
 """Gradient rules, one module per family of ops; importing this package registers them all."""
 
-from . import conv, elementwise, indexing, linalg, reduce, rnn, shape, softmax  # noqa: F401
+from . import (  # noqa: F401
+    attention,
+    conv,
+    elementwise,
+    indexing,
+    linalg,
+    reduce,
+    rnn,
+    shape,
+    softmax,
+)
