@@ -92,6 +92,15 @@ def test_pow_integer_exponent():
     )
 
 
+def test_pow_run_time_integer_exponent():
+    check_op(
+        "Pow",
+        {"a": away((2, 3)), "b": np.array([1, 2, 3], dtype=np.int64)},
+        wrt=["a"],
+        torch_fn=lambda a, b: a ** b.double(),
+    )
+
+
 def test_pow_tensor_exponent_wrt_base_only():
     check_op(
         "Pow",
