@@ -76,7 +76,7 @@ class _Emitter:
         attrs: dict[str, Any],
         num_outputs: int,
     ) -> list[ir.Value]:
-        attributes = [ir.convenience.convert_attribute(k, v) for k, v in attrs.items()]
+        attributes = [_attr(k, v) for k, v in attrs.items()]
         base = self.unique(f"{prefix}/{op_type}")
         node = ir.Node(
             "",
@@ -130,6 +130,24 @@ class _Emitter:
         return self._shapes[key]
 
 
+def _attr(name: str, value: Any) -> ir.Attr:
+    """An attribute from a Python value; the common kinds directly (onnx_ir's generic
+    conversion checks protocols with isinstance, a third of the build time of a large model)."""
+    if isinstance(value, bool):
+        return ir.AttrInt64(name, int(value))
+    if isinstance(value, int):  # ir.DataType is an int too (Cast's "to")
+        return ir.AttrInt64(name, int(value))
+    if isinstance(value, float):
+        return ir.AttrFloat32(name, value)
+    if isinstance(value, str):
+        return ir.AttrString(name, value)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+        return ir.AttrInt64s(name, [int(v) for v in value])
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, float) for v in value):
+        return ir.AttrFloat32s(name, list(value))
+    return ir.convenience.convert_attribute(name, value)
+
+
 def _default_opset(model: onnx.ModelProto) -> int:
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
@@ -171,6 +189,7 @@ def differentiate(
         GradientBuildError: an op on the path has no rule (or a variant its rule cannot
             handle); the message names every such node and the parameter that reaches it.
     """
+    original_value_info = list(model.graph.value_info)
     model = _prepare(model)
     ir_model = ir.serde.deserialize_model(model)
     graph = ir_model.graph
@@ -302,7 +321,12 @@ def differentiate(
         graph.append(node)
     graph.outputs.extend(outputs)
     RemoveUnusedNodesPass()(ir_model)
-    return ir.serde.serialize_model(ir_model)
+    out = ir.serde.serialize_model(ir_model)
+    # The shapes inferred for the rules stay out of the result: the caller's value_info only
+    # (thousands of entries would slow every later pass and say nothing the file needs).
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(original_value_info)
+    return out
 
 
 def _failure(failures: list[tuple[ir.Node, str]], origin: dict[int, str]) -> GradientBuildError:
