@@ -563,7 +563,9 @@ def dropout(ctx, dys):
     else:
         r = ctx.const_input(1)
         ratio = None if r is None else float(np.asarray(r).reshape(-1)[0])
-    if ratio is not None:
+    if ratio is not None and ratio >= 1.0:
+        scaled = ctx.scalar(0.0, x)  # everything dropped (the mask is all false too)
+    elif ratio is not None:
         scaled = _mul_const(ctx, dy, 1.0 / (1.0 - ratio), x)
     else:
         r = ctx.cast_like(ctx.x(1), x)
