@@ -61,19 +61,23 @@ def _graph(
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     nodes = list(nodes)
     g_outputs = []
+    # the loss reads outputs of known rank (exporters record it; onnx's shape inference loses
+    # it through some function ops, e.g. GroupNormalization-21's Reshape to Shape(X))
+    ranked = []
     if weights is None:
         g_outputs = [helper.make_tensor_value_info(o, elem, None) for o in outputs]
     else:
         terms = []
         for k, o in enumerate(outputs):
             w = f"loss.w{k}"
+            ranked.append(helper.make_tensor_value_info(o, elem, [None] * weights[o].ndim))
             inits.append(numpy_helper.from_array(weights[o].astype(dtype), w))
             nodes.append(helper.make_node("Mul", [o, w], [f"loss.t{k}"]))
             nodes.append(helper.make_node("ReduceSum", [f"loss.t{k}"], [f"loss.s{k}"], keepdims=0))
             terms.append(f"loss.s{k}")
         nodes.append(helper.make_node("Sum", terms, ["loss"]))
         g_outputs = [helper.make_tensor_value_info("loss", elem, [])]
-    graph = helper.make_graph(nodes, "gradcheck", g_inputs, g_outputs, inits)
+    graph = helper.make_graph(nodes, "gradcheck", g_inputs, g_outputs, inits, value_info=ranked)
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8
     )
