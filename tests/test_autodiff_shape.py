@@ -377,3 +377,12 @@ def test_newest_opsets(opset):
         torch_fn=lambda x, **_: x[:, 1:3],
     )
     check_op("Trilu", {"x": x}, attrs={"upper": 0}, opset=opset, torch_fn=torch.tril)
+
+
+@pytest.mark.parametrize("op", ["Add", "Mul"])
+def test_sum_to_symbolic_dim_broadcast_at_run_time(op):
+    """ctx.sum_to: x's symbolic batch dim is 1 at run time and broadcast against b's 4."""
+    x, b = rand(1, 3), rand(4, 3)
+    fn = (lambda x, b: x + b) if op == "Add" else (lambda x, b: x * b)
+    check_op(op, {"x": x, "b": b}, torch_fn=fn)
+    check_op(op, {"x": rand(2, 1, 3), "b": rand(4, 1)}, torch_fn=fn)

@@ -228,10 +228,10 @@ class GradContext:
         """Undo numpy broadcasting: sum ``g`` (the shape of a broadcast result) to ``like``'s.
 
         Leading axes that ``like`` lacks are summed away; axes where ``like`` has a static 1 are
-        summed with keepdims. A symbolic dim of ``like`` is taken as not broadcast (a dim that
-        is 1 at run time but symbolic in the graph would need a run-time check). ``g_like``:
-        a forward tensor of ``g``'s shape, when ``g`` itself carries no shape (default: the
-        node's first output).
+        summed with keepdims. A symbolic dim of ``like`` that may be 1 at run time where ``g``'s
+        is not (a different symbol, or a static size > 1) is decided at run time: the axes where
+        the two shapes differ are summed. ``g_like``: a forward tensor of ``g``'s shape, when
+        ``g`` itself carries no shape (default: the node's first output).
         """
         g_dims, x_dims = self.dims(g), self.dims(like)
         if g_dims is None:
@@ -247,8 +247,18 @@ class GradContext:
         axes = list(range(lead))
         for k, d in enumerate(x_dims):
             gd = g_dims[lead + k]
-            if d == 1 and gd != 1:
-                axes.append(lead + k)
+            if d == 1:
+                if gd != 1:
+                    axes.append(lead + k)
+            elif not (isinstance(d, int) or gd == 1 or (d is not None and d == gd)):
+                # Sum where like's shape (padded with leading 1s) and g's differ at run time.
+                x_shape = self.shape(like)
+                if lead:
+                    x_shape = self.op("Concat", self.i64([1] * lead), x_shape, axis=0)
+                differs = self.op("Not", self.op("Equal", x_shape, self.shape(g)))
+                run_axes = self.reshape(self.op("NonZero", differs), [-1])
+                summed = self.op("ReduceSum", g, run_axes, keepdims=1, noop_with_empty_axes=1)
+                return self.reshape(summed, self.shape(like))
         if not axes:
             return g
         summed = self.reduce_sum(g, axes, keepdims=True)
