@@ -386,3 +386,81 @@ def test_sum_to_symbolic_dim_broadcast_at_run_time(op):
     fn = (lambda x, b: x + b) if op == "Add" else (lambda x, b: x * b)
     check_op(op, {"x": x, "b": b}, torch_fn=fn)
     check_op(op, {"x": rand(2, 1, 3), "b": rand(4, 1)}, torch_fn=fn)
+
+
+class _Fragment(torch.nn.Module):
+    """Embedding, class token, positions, attention-like products: the shape and indexing ops
+    of an exported transformer."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(11, 8)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 8))
+        self.pos = torch.nn.Parameter(torch.randn(1, 16, 8))
+        self.w = torch.nn.Parameter(torch.randn(8, 8))
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        b, t = ids.shape
+        h = torch.cat([self.cls.expand(b, -1, -1), h], dim=1)
+        h = h + self.pos[:, : t + 1]
+        q, k = h.split(4, dim=-1)
+        h = h + torch.tril(q @ k.transpose(1, 2)) @ h
+        h = h.reshape(b, -1, 2, 4).permute(0, 2, 1, 3).reshape(b, -1, 8).repeat(1, 2, 1)
+        top = h.flatten(1).topk(3, dim=-1).values
+        z = (h @ self.w).cumsum(1)
+        return z[:, 0] + z[:, -1] + top[:, 1:2] + h[:, 2, ::2].sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("opset", [14, 18])
+def test_exported_transformer_fragment(opset):
+    """torch.onnx.export (TorchScript) of _Fragment: every parameter's gradient equals torch's."""
+    import io
+    import warnings
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from passes.autodiff import differentiate
+
+    torch.manual_seed(0)
+    model = _Fragment().eval()
+    ids = torch.tensor([[1, 4, 1, 7], [0, 10, 3, 3], [5, 5, 5, 2]])
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (ids,),
+            buf,
+            dynamo=False,
+            do_constant_folding=False,
+            opset_version=opset,
+            input_names=["ids"],
+            output_names=["out"],
+            dynamic_axes={"ids": {0: "B", 1: "T"}},
+        )
+    proto = onnx.load_from_string(buf.getvalue())
+    weights = RNG.standard_normal((3, 8)).astype(np.float32)
+    g = proto.graph
+    g.initializer.append(numpy_helper.from_array(weights, "loss.w"))
+    g.node.extend(
+        [
+            helper.make_node("Mul", ["out", "loss.w"], ["loss.t"]),
+            helper.make_node("ReduceSum", ["loss.t"], ["loss"], keepdims=0),
+        ]
+    )
+    g.output.append(helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, []))
+    named = dict(model.named_parameters())
+    params = [i.name for i in g.initializer if i.name in named]
+    assert sorted(params) == sorted(named)
+    grad_model = differentiate(proto, "loss", params)
+    sess = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ours = sess.run([f"{p}_grad" for p in params], {"ids": ids.numpy()})
+    (model(ids) * torch.tensor(weights)).sum().backward()
+    for name, grad in zip(params, ours, strict=True):
+        ref = named[name].grad.numpy()
+        np.testing.assert_allclose(
+            grad, ref, rtol=1e-4, atol=1e-5 * max(1, np.abs(ref).max()), err_msg=name
+        )
