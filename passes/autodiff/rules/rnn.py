@@ -56,7 +56,8 @@ class _Body:
 
     def input(self, label: str) -> ir.Value:
         name = self.ctx._e.unique(f"{self.base}/{label}")
-        v = ir.Value(name=name, type=ir.TensorType(self.dtype))
+        # Every body input is a [batch, width] slice; onnxruntime wants the ranks known.
+        v = ir.Value(name=name, type=ir.TensorType(self.dtype), shape=ir.Shape([None, None]))
         self.inputs.append(v)
         return v
 
@@ -159,7 +160,8 @@ class _Common:
         self.w, self.r, self.b = w, r, ctx.x(3)
         # X as [seq, batch, input].
         self.x3 = x if self.layout == 0 else ctx.op("Transpose", x, perm=[1, 0, 2])
-        self._x2 = None
+        self._rows: dict = {}
+        self._steps: dict = {}
         self._zeros = None
         self._mask = None
 
@@ -227,14 +229,33 @@ class _Common:
     # -- bulk helpers ----------------------------------------------------------------------
     def rows(self, v, width):
         """[seq, batch, width] -> [seq*batch, width]; width an int or an int64 [1] tensor."""
-        if isinstance(width, int):
-            return self.ctx.reshape(v, [-1, width])
-        return self.ctx.reshape(v, self.ctx.op("Concat", self.ctx.i64([-1]), width, axis=0))
+        key = id(v)
+        if key not in self._rows:
+            if isinstance(width, int):
+                self._rows[key] = self.ctx.reshape(v, [-1, width])
+            else:
+                shape = self.ctx.op("Concat", self.ctx.i64([-1]), width, axis=0)
+                self._rows[key] = self.ctx.reshape(v, shape)
+        return self._rows[key]
 
     def x2(self):
-        if self._x2 is None:
-            self._x2 = self.rows(self.x3, self.ctx.shape(self.x, 2, 3))
-        return self._x2
+        return self.rows(self.x3, self.ctx.shape(self.x, 2, 3))
+
+    def steps(self, v2, width: int):
+        """[seq*batch, width] -> [seq, batch, width]."""
+        if width not in self._steps:
+            ctx = self.ctx
+            b_axis = 1 if self.layout == 0 else 0
+            batch = ctx.shape(self.x, b_axis, b_axis + 1)
+            self._steps[width] = ctx.op("Concat", ctx.i64([-1]), batch, ctx.i64([width]), axis=0)
+        return self.ctx.reshape(v2, self._steps[width])
+
+    def affine(self, v, v_width, m, bias=None):
+        """rows(v) @ m^T + bias as [seq*batch, n] (one Gemm; ``bias`` [n] or [seq*batch, n])."""
+        args = [self.x2() if v is self.x3 else self.rows(v, v_width), m]
+        if bias is not None:
+            args.append(bias)
+        return self.ctx.op("Gemm", *args, transB=1)
 
     def outer(self, da, v, da_width: int, v_width):
         """sum over steps and batch of da^T v: [da_width, v_width]."""
@@ -244,20 +265,15 @@ class _Common:
     def bias_sum(self, da):
         return self.ctx.reduce_sum(da, [0, 1], keepdims=False)
 
-    def pre(self, inp, m):
-        """inp @ m^T for inp [seq, batch, k], m [n, k]."""
-        return self.ctx.op("MatMul", inp, self.ctx.op("Transpose", m, perm=[1, 0]))
-
 
 def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     ctx, H = c.ctx, c.H
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
     hprev = _shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
-    a = ctx.op("Add", c.pre(c.x3, w_d), c.pre(hprev, r_d))
-    b_d = None
+    bias = None
     if c.b is not None:
-        b_d = c.pick(c.b, d, 0)
-        a = ctx.op("Add", a, ctx.op("Add", *ctx.split(b_d, [c.G, c.G], 0, 2)))
+        bias = ctx.op("Add", *ctx.split(c.pick(c.b, d, 0), [c.G, c.G], 0, 2))
+    a = c.steps(c.affine(hprev, H, r_d, c.affine(c.x3, None, w_d, bias)), c.G)
     a_s, a_g = ctx.split(a, [3 * H, H], -1, 2)
     s = ctx.op("Sigmoid", a_s)  # i, o, f
     g = ctx.op("Tanh", a_g)
@@ -321,33 +337,27 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     lbr = int(ctx.attr("linear_before_reset", 0))
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
     hprev = _shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
-    xw = c.pre(c.x3, w_d)
-    wb = rb = None
+    wb = rb = rb_zr = rb_h = None
     if c.b is not None:
         wb, rb = ctx.split(c.pick(c.b, d, 0), [c.G, c.G], 0, 2)
-        xw = ctx.op("Add", xw, wb)
+    xw = c.steps(c.affine(c.x3, None, w_d, wb), c.G)
     xw_zr, xw_h = ctx.split(xw, [2 * H, H], -1, 2)
     one = ctx.scalar(1.0, c.x)
     if lbr:
-        hr = c.pre(hprev, r_d)
-        if rb is not None:
-            hr = ctx.op("Add", hr, rb)
+        hr = c.steps(c.affine(hprev, H, r_d, rb), c.G)
         hr_zr, hr_h = ctx.split(hr, [2 * H, H], -1, 2)
     else:
         r_zr, r_h = ctx.split(r_d, [2 * H, H], 0, 2)
-        hr_zr = c.pre(hprev, r_zr)
         if rb is not None:
             rb_zr, rb_h = ctx.split(rb, [2 * H, H], 0, 2)
-            hr_zr = ctx.op("Add", hr_zr, rb_zr)
+        hr_zr = c.steps(c.affine(hprev, H, r_zr, rb_zr), 2 * H)
     zr = ctx.op("Sigmoid", ctx.op("Add", xw_zr, hr_zr))
     z, r = ctx.split(zr, [H, H], -1, 2)
     if lbr:
         hh = ctx.op("Tanh", ctx.op("Add", xw_h, ctx.op("Mul", r, hr_h)))
     else:
         rh = ctx.op("Mul", r, hprev)
-        a_h = ctx.op("Add", xw_h, c.pre(rh, r_h))
-        if rb is not None:
-            a_h = ctx.op("Add", a_h, rb_h)
+        a_h = ctx.op("Add", xw_h, c.steps(c.affine(rh, H, r_h, rb_h), H))
         hh = ctx.op("Tanh", a_h)
 
     # h_t = (1 - z) * hh + z * h_{t-1}
