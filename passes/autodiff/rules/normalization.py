@@ -36,14 +36,16 @@ def _count(ctx, x, axes, like, divisor=1):
 
 def _sum_to(ctx, g, like):
     """``g`` (the shape of X and Y) summed to the shape of ``like`` (numpy broadcasting
-    undone): one ReduceSum when ``like`` only lacks leading axes."""
+    undone): one ReduceSum when ``like`` (static) only lacks leading axes."""
     x = ctx.x(0)
     g_dims, x_dims = ctx.dims(x), ctx.dims(like)
     if g_dims is None or x_dims is None or len(x_dims) > len(g_dims):
         return ctx.sum_to(g, like, x)
     lead = len(g_dims) - len(x_dims)
-    if any(d == 1 and g_dims[lead + k] != 1 for k, d in enumerate(x_dims)):
-        return ctx.sum_to(g, like, x)
+    if any(
+        not isinstance(d, int) or (d == 1 and g_dims[lead + k] != 1) for k, d in enumerate(x_dims)
+    ):
+        return ctx.sum_to(g, like, x)  # broadcast (or maybe: a symbolic dim) inside
     return ctx.reduce_sum(g, list(range(lead)), keepdims=False)
 
 
