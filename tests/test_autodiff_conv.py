@@ -205,20 +205,20 @@ def _conv_t_torch(attrs, n):
 
 
 CONVT = [
-    ("plain", (2, 2, 3, 3), (2, 2, 3, 3), {}),
+    ("plain", (2, 2, 3, 3), (2, 2, 2, 2), {}),
     (
         "strides_pads_opad",
-        (2, 3, 3, 4),
-        (3, 2, 3, 2),
+        (1, 2, 3, 4),
+        (2, 2, 3, 2),
         {"strides": [2, 3], "pads": [1, 0, 0, 1], "output_padding": [1, 2]},
     ),
     (
         "groups_dil",
-        (1, 4, 4, 3),
-        (4, 3, 2, 3),
+        (1, 4, 3, 3),
+        (4, 1, 2, 2),
         {"group": 2, "dilations": [2, 1], "strides": [2, 1]},
     ),
-    ("depthwise", (2, 3, 3, 3), (3, 1, 3, 3), {"group": 3, "strides": [2, 2], "pads": [1] * 4}),
+    ("depthwise", (1, 3, 3, 3), (3, 1, 2, 2), {"group": 3, "strides": [2, 2], "pads": [1] * 4}),
 ]
 
 
@@ -604,3 +604,61 @@ def test_resize_cubic_is_unsupported():
 
     with pytest.raises(GradientBuildError, match="cubic"):
         _resize((1, 1, 3, 3), {"mode": "cubic"}, scales=[1, 1, 2, 2])
+
+
+# -- symbolic spatial sizes -----------------------------------------------------------------------
+
+
+def _symbolic_vs_static(node, x, consts, opset=17):
+    """Gradients with x's dims all symbolic but the channels equal those with static dims."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from tests.gradcheck import run_gradients
+
+    results = []
+    for dims in (list(x.shape), ["N", x.shape[1], *[f"s{i}" for i in range(x.ndim - 2)]]):
+        nodes = [
+            node,
+            helper.make_node("Mul", ["y", "y"], ["sq"]),
+            helper.make_node("ReduceSum", ["sq"], ["loss"], keepdims=0),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, dims)],
+            [helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, [])],
+            [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        wrt = ["x", *[k for k, v in consts.items() if v.dtype.kind == "f"]]
+        grads, _ = run_gradients(model, {"x": x.astype(np.float32)}, wrt)
+        results.append(grads)
+    for k in results[0]:
+        np.testing.assert_allclose(results[1][k], results[0][k], rtol=1e-5, atol=1e-5)
+
+
+def test_symbolic_spatial_stride1():
+    from onnx import helper
+
+    x = _r(2, 4, 5, 6)
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=2, auto_pad="SAME_LOWER")
+    _symbolic_vs_static(conv, x, {"w": _r(6, 2, 3, 2), "b": _r(6)})
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], dilations=[2, 1], pads=[1, 2, 0, 1])
+    _symbolic_vs_static(conv, x, {"w": _r(3, 4, 2, 3)})
+    convt = helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2, pads=[1, 0, 0, 1])
+    _symbolic_vs_static(convt, x, {"w": _r(4, 3, 3, 2)})
+    pool = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 1])
+    _symbolic_vs_static(pool, x, {})
+    _symbolic_vs_static(helper.make_node("GlobalAveragePool", ["x"], ["y"]), x, {})
+    _symbolic_vs_static(helper.make_node("GlobalMaxPool", ["x"], ["y"]), x, {})
+
+
+def test_symbolic_spatial_unsupported():
+    from onnx import helper
+
+    from passes.autodiff.errors import GradientBuildError
+
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2])
+    with pytest.raises(GradientBuildError, match="static spatial sizes"):
+        _symbolic_vs_static(conv, _r(1, 2, 5, 5), {"w": _r(2, 2, 3, 3)})

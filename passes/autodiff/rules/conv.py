@@ -157,10 +157,30 @@ def _weight_correlation(ctx, x, x_spatial, dy, cin_g, group, kernel, strides, di
     corr = ctx.op(
         "Conv", xt, dyt, group=group, strides=list(dilations), dilations=list(strides), pads=pads
     )
-    cut = ctx.op(
-        "Slice", corr, ctx.i64([0] * n_sp), ctx.i64(list(kernel)), ctx.i64(list(range(2, rank)))
-    )
-    return ctx.op("Transpose", cut, perm=perm_swap)
+    if not _fits(x_spatial, kernel, strides, dilations, pads):
+        corr = ctx.op(
+            "Slice",
+            corr,
+            ctx.i64([0] * n_sp),
+            ctx.i64(list(kernel)),
+            ctx.i64(list(range(2, rank))),
+        )
+    return ctx.op("Transpose", corr, perm=perm_swap)
+
+
+def _fits(spatial, kernel, strides, dilations, pads):
+    """Whether the weight correlation is exactly the kernel's size (no Slice needed)."""
+    n = len(kernel)
+    for a, (h, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations, strict=True)):
+        if s == 1:  # (span - out) // d + 1 == k whatever the size
+            continue
+        if h is None:
+            return False
+        span = h + pads[a] + pads[n + a]
+        out = (span - (k - 1) * d - 1) // s + 1  # the forward's output size
+        if (span - (s * (out - 1) + 1)) // d + 1 != k:
+            return False
+    return True
 
 
 # -- Conv -------------------------------------------------------------------------------------
