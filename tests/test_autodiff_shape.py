@@ -22,14 +22,12 @@ def i64(*v):
 
 
 # -- pure reshapes ----------------------------------------------------------------------------
-@pytest.mark.parametrize("opset", [13, 17])
 @pytest.mark.parametrize(
-    ("shape", "attrs"),
-    [([0, -1], {}), ([-1, 4, 3], {}), ([2, 12], {"allowzero": 1}), ([4, 2, 3], {})],
+    ("opset", "shape", "attrs"),
+    [(opset, shape, {}) for opset in (13, 17) for shape in ([0, -1], [-1, 4, 3], [4, 2, 3])]
+    + [(17, [2, 12], {"allowzero": 1})],  # allowzero is opset 14
 )
 def test_reshape(opset, shape, attrs):
-    if attrs and opset < 14:
-        pytest.skip("allowzero is opset 14")
     x = rand(2, 3, 4)
     target = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
     check_op(
