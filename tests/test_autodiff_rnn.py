@@ -15,7 +15,7 @@ from tests.gradcheck import check_graph, check_op, make_node
 T, BATCH, IN, H = 3, 2, 3, 2
 
 
-def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0, lens=None):
+def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0, lens=None, acts=None):
     """Y, Y_h, Y_c of the ONNX op, from its definition (float64 torch).
 
     ``lens`` (sequence_lens): steps at or past a sequence's length leave the state unchanged
@@ -62,7 +62,8 @@ def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0, lens=None)
                     hh = (xt @ wh.T + (rg * h) @ rh.T + rbh + wbh).tanh()
                 h = (1 - z) * hh + z * h
             else:
-                h = (xt @ wd.T + h @ rd.T + wb + rb).tanh()
+                act = (acts or ["tanh"] * nd)[d].lower()
+                h = getattr(torch, act)(xt @ wd.T + h @ rd.T + wb + rb)
             out[t] = h
             if lens is not None:
                 m = (t < lens).to(x.dtype)[:, None]
@@ -226,7 +227,7 @@ def test_torch_nn_agrees_with_reference():
     "attrs",
     [
         {"clip": 1.0},
-        {"activations": ["Relu"]},
+        {"activations": ["Softsign"]},
     ],
 )
 def test_rnn_unsupported_variants(attrs):
@@ -272,7 +273,7 @@ def _to_layout0(model):
     return model
 
 
-def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None):
+def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None, acts=None):
     """Gradients run in onnxruntime (float32) vs torch autograd of the ONNX definition, for
     what central differences cannot check: onnx.reference ignores sequence_lens, and
     onnxruntime's CPU kernels refuse layout=1 (the forward node of the gradient graph is then
@@ -295,6 +296,8 @@ def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None):
     attrs = {"hidden_size": H, "direction": direction, "layout": layout}
     if kind == "GRU":
         attrs["linear_before_reset"] = lbr
+    if acts is not None:
+        attrs["activations"] = acts
     nodes = [make_node(kind, order, names, **attrs)]
     keys = ("X", "W", "R", "B", "initial_h", "initial_c")
     lens_t = None if lens is None else torch.tensor(lens)
@@ -307,6 +310,7 @@ def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None):
             layout=layout,
             lbr=lbr,
             lens=lens_t,
+            acts=acts,
         )
 
     with torch.no_grad():
@@ -387,12 +391,18 @@ def test_sequence_lens(kind, lbr, direction, outs):
     _check_ort_vs_torch(kind, direction, 0, outs, lbr=lbr, lens=[2, 3])
 
 
+def test_rnn_relu_sigmoid_activations():
+    """onnx.reference knows only Tanh: checked against torch only."""
+    _check_ort_vs_torch("RNN", "bidirectional", 0, [0, 1], acts=["Relu", "Sigmoid"])
+
+
 @pytest.mark.parametrize(
     "cls, perm, kwargs",
     [
         ("LSTM", [0, 3, 1, 2], {"num_layers": 2, "bidirectional": True}),
         ("GRU", [1, 0, 2], {"bidirectional": True}),
         ("RNN", [0], {"batch_first": True}),
+        ("RNN", [0], {"nonlinearity": "relu", "bidirectional": True}),
     ],
 )
 def test_torch_export_end_to_end(cls, perm, kwargs):

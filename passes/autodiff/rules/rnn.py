@@ -5,7 +5,7 @@ the graph: a ``Scan`` that runs against the forward direction, carries the gradi
 hidden (and cell) state, and emits per step the gradient of the gate pre-activations. What does
 not depend on the recurrence is done in bulk over all steps, outside the loop: the previous
 hidden states are the forward output ``Y`` shifted by one step (with ``initial_h``), so the
-gates are recomputed with two batched MatMuls, and the gradients of ``X``, ``W``, ``R`` and
+gates are recomputed with two chained Gemms, and the gradients of ``X``, ``W``, ``R`` and
 ``B`` are one MatMul / Gemm / ReduceSum each over all steps. The loop bodies hold only the
 recurrent part (one ``[batch, gates*hidden] x [gates*hidden, hidden]`` MatMul and a few
 elementwise ops per step). LSTM also needs its cell states, which the op does not output: a
@@ -15,7 +15,8 @@ Handled: layout 0 and 1; directions forward, reverse, bidirectional; optional ``
 ``initial_h``, ``initial_c`` (differentiable), ``sequence_lens`` (steps past a sequence's
 length are masked: zero gradient, the state gradient passes through unchanged); outputs
 ``Y``, ``Y_h``, ``Y_c`` in any subset; GRU ``linear_before_reset`` 0 and 1. Unsupported:
-non-default activations, ``clip``, LSTM peepholes ``P`` and ``input_forget``.
+non-default activations (except Relu and Sigmoid for RNN), ``clip``, LSTM peepholes ``P`` and
+``input_forget``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ _DEFAULT_ACTIVATIONS = {
     "RNN": ["tanh"],
 }
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_RNN_ACTS = ("tanh", "relu", "sigmoid")  # derivatives written with the output y
 
 
 def _fresh(ctx, name: str) -> str:
@@ -133,9 +135,15 @@ class _Common:
         if ctx.attr("clip") is not None:
             raise Unsupported("clip is not supported")
         acts = ctx.attr("activations")
+        self.acts = _DEFAULT_ACTIVATIONS[kind] * self.nd
         if acts is not None:
-            if [a.lower() for a in acts] != _DEFAULT_ACTIVATIONS[kind] * self.nd:
-                raise Unsupported(f"activations {acts} (only the defaults are supported)")
+            lowered = [a.lower() for a in acts]
+            if kind == "RNN" and len(lowered) == self.nd and set(lowered) <= set(_RNN_ACTS):
+                self.acts = lowered
+            elif lowered != self.acts:
+                raise Unsupported(
+                    f"activations {acts} (supported: the defaults; RNN: Relu, Sigmoid)"
+                )
         if kind == "LSTM":
             if int(ctx.attr("input_forget", 0)) != 0:
                 raise Unsupported("input_forget=1 is not supported")
@@ -438,7 +446,14 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
 def _rnn_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     ctx, H = c.ctx, c.H
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
-    k = c.masked(ctx.op("Sub", ctx.scalar(1.0, c.x), ctx.op("Mul", y_d, y_d)))  # tanh'
+    act = c.acts[d]
+    if act == "relu":
+        k = ctx.op("Cast", ctx.op("Greater", y_d, ctx.scalar(0.0, c.x)), to=c.dtype)
+    elif act == "sigmoid":
+        k = ctx.op("Sub", y_d, ctx.op("Mul", y_d, y_d))
+    else:
+        k = ctx.op("Sub", ctx.scalar(1.0, c.x), ctx.op("Mul", y_d, y_d))
+    k = c.masked(k)
 
     body = _Body(ctx, "rnn_grad_scan", c.dtype)
     dh_c = body.input("dh")
