@@ -116,3 +116,27 @@ def test_attention_past_key_unsupported():
             loss_outputs=[0],
             opset=23,
         )
+
+
+def test_attention_nonpad_kv_seqlen_broadcast_mask():
+    """opset 24: keys past nonpad_kv_seqlen are padding (P is 0 there); a float mask
+    broadcast over batch and heads gets its gradient summed back."""
+    import torch
+
+    inputs = _qkv(2, 2)
+    inputs["M"] = np.random.default_rng(3).standard_normal((1, 1, S, L))
+    lens = np.array([3, 4], dtype=np.int64)
+
+    def torch_fn(Q, K, V, M, lens):
+        pad = torch.arange(L)[None, :] < lens[:, None]  # [B, L]
+        bias = M + torch.where(pad, 0.0, float("-inf"))[:, None, None, :].to(M.dtype)
+        return _torch_attention(Q, K, V, bias)
+
+    check_op(
+        "Attention",
+        inputs,
+        consts={"lens": lens},
+        order=["Q", "K", "V", "M", "", "", "lens"],
+        torch_fn=torch_fn,
+        opset=24,
+    )
