@@ -281,6 +281,7 @@ def _max_pool_torch(attrs, n=2):
 
 
 MAXPOOL = [
+    ("disjoint", {"kernel_shape": [2, 2], "strides": [2, 3], "pads": [0, 1, 1, 1]}),
     ("overlap", {"kernel_shape": [3, 3], "strides": [1, 1]}),
     ("pads_strides", {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1]}),
     ("dilations", {"kernel_shape": [2, 2], "dilations": [2, 1], "strides": [1, 2]}),

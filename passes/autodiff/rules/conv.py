@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx_ir as ir
 
 from ..errors import Unsupported
 from ..registry import rule
@@ -319,8 +320,11 @@ def max_pool(ctx, dys):
 
     The indices are the node's own second output (row-major), else those of an extra
     2-output MaxPool. Opset >= 16: one ScatterElements(reduction='add') on the flat tensor.
-    Opset 13-15: each dY value is routed to its window tap by a mask (tap table == index) and
-    spread by a ConvTranspose with one-hot kernels (overlapping windows add up).
+    Windows that do not overlap (stride >= dilated kernel) take a plain ScatterElements at any
+    opset. Overlapping windows at opset 13-15: each dY value is routed to its window tap by a
+    mask (tap table == index) and spread by a ConvTranspose with one-hot kernels (overlapping
+    windows add up); float16 scatter-adds in float32 (onnxruntime's CPU kernel has no float16
+    reduction).
     """
     dy = dys[0]
     if dy is None or not ctx.needs(0):
@@ -337,20 +341,32 @@ def max_pool(ctx, dys):
             if ctx.attr(k) is not None
         }
         _, indices = ctx.op_multi("MaxPool", x, num_outputs=2, **attrs)
-    if ctx.opset >= 16:
+    kernel = [int(k) for k in ctx.attr("kernel_shape")]
+    strides = [int(s) for s in ctx.attr("strides", [1] * n_sp)]
+    overlap = any((k - 1) * d + 1 > s for k, d, s in zip(kernel, dilations, strides, strict=True))
+    if not overlap or ctx.opset >= 16:
+        # windows that do not overlap never share an index: a plain scatter is exact
         flat = ctx.i64([-1])
         x_shape = ctx.shape_or_const(x)
         numel = ctx.reduce("ReduceProd", x_shape, None, keepdims=True)
-        zeros = ctx.op("Expand", ctx.scalar(0.0, x), numel)
+        fp16 = overlap and ctx.dtype(x) != ir.DataType.FLOAT and ctx.dtype(x) != ir.DataType.DOUBLE
+        # onnxruntime's CPU ScatterElements adds in float and double only
+        zero = ctx.const(0.0, np.float32) if fp16 else ctx.scalar(0.0, x)
+        g = ctx.op("Cast", dy, to=ir.DataType.FLOAT) if fp16 else dy
+        attrs = {"reduction": "add"} if overlap else {}
         scattered = ctx.op(
             "ScatterElements",
-            zeros,
+            ctx.op("Expand", zero, numel),
             ctx.reshape(indices, flat),
-            ctx.reshape(dy, flat),
+            ctx.reshape(g, flat),
             axis=0,
-            reduction="add",
+            **attrs,
         )
+        if fp16:
+            scattered = ctx.op("Cast", scattered, to=ctx.dtype(x))
         return [ctx.reshape(scattered, x_shape)]
+    if ctx.dtype(x) == ir.DataType.DOUBLE:
+        raise Unsupported("overlapping double MaxPool windows need opset >= 16 (ScatterElements)")
     spatial, out_sp, kernel, kernel_eff, strides, begins, ends, ceil = _pool_geometry(
         ctx, x, n_sp, dilations
     )
