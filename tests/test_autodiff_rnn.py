@@ -15,7 +15,9 @@ from tests.gradcheck import check_graph, check_op, make_node
 T, BATCH, IN, H = 3, 2, 3, 2
 
 
-def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0, lens=None, acts=None):
+def _torch_rnn(
+    kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0, lens=None, acts=None, peep=None
+):
     """Y, Y_h, Y_c of the ONNX op, from its definition (float64 torch).
 
     ``lens`` (sequence_lens): steps at or past a sequence's length leave the state unchanged
@@ -46,8 +48,12 @@ def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0, lens=None,
             if kind == "LSTM":
                 g = xt @ wd.T + h @ rd.T + wb + rb
                 i, o, f, cc = g.split(hidden, -1)
-                i, o, f, cc = i.sigmoid(), o.sigmoid(), f.sigmoid(), cc.tanh()
+                if peep is not None:
+                    pi, po, pf = peep[d].split(hidden)
+                    i, f = i + pi * c, f + pf * c
+                i, f, cc = i.sigmoid(), f.sigmoid(), cc.tanh()
                 c = f * c + i * cc
+                o = (o + po * c).sigmoid() if peep is not None else o.sigmoid()
                 h = o * c.tanh()
             elif kind == "GRU":
                 wz, wr, wh = wd.split(hidden, 0)
@@ -81,7 +87,7 @@ def _torch_rnn(kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0, lens=None,
     return y, yh, yc
 
 
-def _inputs(kind, nd, layout, *, bias=True, h0=True, c0=True, seed=0):
+def _inputs(kind, nd, layout, *, bias=True, h0=True, c0=True, peep=False, seed=0):
     rng = np.random.default_rng(seed)
     ng = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind]
     xs = (T, BATCH, IN) if layout == 0 else (BATCH, T, IN)
@@ -101,6 +107,9 @@ def _inputs(kind, nd, layout, *, bias=True, h0=True, c0=True, seed=0):
     if kind == "LSTM" and c0:
         inputs["initial_c"] = rng.standard_normal(ss) * 0.5
         order[6] = "initial_c"
+    if peep:
+        inputs["P"] = rng.standard_normal((nd, 3 * H)) * 0.5
+        order.append("P")
     if kind != "LSTM":
         order = order[:6]
     while order and order[-1] == "":
@@ -118,9 +127,19 @@ def _check(kind, direction, layout, outs, *, lbr=0, opset=17, **kw):
         attrs["linear_before_reset"] = lbr
     num_outputs = 3 if kind == "LSTM" else 2
 
-    def torch_fn(X, W, R, B=None, initial_h=None, initial_c=None):
+    def torch_fn(X, W, R, B=None, initial_h=None, initial_c=None, P=None):
         res = _torch_rnn(
-            kind, X, W, R, B, initial_h, initial_c, direction=direction, layout=layout, lbr=lbr
+            kind,
+            X,
+            W,
+            R,
+            B,
+            initial_h,
+            initial_c,
+            direction=direction,
+            layout=layout,
+            lbr=lbr,
+            peep=P,
         )
         return tuple(res[k] for k in outs)
 
@@ -144,6 +163,15 @@ def test_lstm(direction):
 @pytest.mark.parametrize("outs", [[0], [1], [2], [1, 2]])
 def test_lstm_output_subsets(outs):
     _check("LSTM", "forward", 0, outs)
+
+
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_lstm_peepholes(direction):
+    _check("LSTM", direction, 0, [0, 1, 2], peep=True)
+
+
+def test_lstm_peepholes_no_initial_state():
+    _check("LSTM", "reverse", 0, [0], peep=True, h0=False, c0=False)
 
 
 def test_lstm_no_optional_inputs_opset13():

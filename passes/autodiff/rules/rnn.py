@@ -15,8 +15,8 @@ Handled: layout 0 and 1; directions forward, reverse, bidirectional; optional ``
 ``initial_h``, ``initial_c`` (differentiable), ``sequence_lens`` (steps past a sequence's
 length are masked: zero gradient, the state gradient passes through unchanged); outputs
 ``Y``, ``Y_h``, ``Y_c`` in any subset; GRU ``linear_before_reset`` 0 and 1. Unsupported:
-non-default activations (except Relu and Sigmoid for RNN), ``clip``, LSTM peepholes ``P`` and
-``input_forget``.
+LSTM peepholes ``P`` (differentiable; not with ``sequence_lens``). Unsupported: non-default
+activations (except Relu and Sigmoid for RNN), ``clip``, LSTM ``input_forget``.
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ class _Common:
         if kind == "LSTM":
             if int(ctx.attr("input_forget", 0)) != 0:
                 raise Unsupported("input_forget=1 is not supported")
-            if ctx.x(7) is not None:
-                raise Unsupported("peepholes (input P) are not supported")
+            if ctx.x(7) is not None and ctx.x(4) is not None:
+                raise Unsupported("peepholes (input P) together with sequence_lens")
         self.lens = ctx.x(4)
         if self.lens is not None:
             lens = ctx.const_input(4)
@@ -282,21 +282,40 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     if c.b is not None:
         bias = ctx.op("Add", *ctx.split(c.pick(c.b, d, 0), [c.G, c.G], 0, 2))
     a = c.steps(c.affine(hprev, H, r_d, c.affine(c.x3, None, w_d, bias)), c.G)
-    a_s, a_g = ctx.split(a, [3 * H, H], -1, 2)
-    s = ctx.op("Sigmoid", a_s)  # i, o, f
-    g = ctx.op("Tanh", a_g)
-    i, o, f = ctx.split(s, [H, H, H], -1, 3)
-    ig = c.masked(ctx.op("Mul", i, g))
-    f = c.where_valid(f, ctx.scalar(1.0, c.x))  # the cell state holds past the length
-
-    # Forward loop: the cell states c_t = f_t * c_{t-1} + i_t * g_t.
-    body = _Body(ctx, "cell_scan", c.dtype)
-    c_prev, f_t, ig_t = body.input("c_prev"), body.input("f"), body.input("ig")
-    c_new = body.op("Add", body.op("Mul", f_t, c_prev), ig_t)
-    c_seq = body.op("Identity", c_new)
     c_init = c0 if c0 is not None else c.zeros()
-    _, cells = _scan(ctx, body, [c_new, c_seq], [c_init], [f, ig], 1, reverse)
-    cprev = _shift(ctx, cells, c0, reverse)
+    peep = ctx.x(7)
+    if peep is None:
+        a_s, a_g = ctx.split(a, [3 * H, H], -1, 2)
+        s = ctx.op("Sigmoid", a_s)  # i, o, f
+        g = ctx.op("Tanh", a_g)
+        i, o, f = ctx.split(s, [H, H, H], -1, 3)
+        ig = c.masked(ctx.op("Mul", i, g))
+        f = c.where_valid(f, ctx.scalar(1.0, c.x))  # the cell state holds past the length
+
+        # Forward loop: the cell states c_t = f_t * c_{t-1} + i_t * g_t.
+        body = _Body(ctx, "cell_scan", c.dtype)
+        c_prev, f_t, ig_t = body.input("c_prev"), body.input("f"), body.input("ig")
+        c_new = body.op("Add", body.op("Mul", f_t, c_prev), ig_t)
+        c_seq = body.op("Identity", c_new)
+        _, cells = _scan(ctx, body, [c_new, c_seq], [c_init], [f, ig], 1, reverse)
+        cprev = _shift(ctx, cells, c0, reverse)
+    else:
+        # Peepholes: i and f read c_{t-1}, o reads c_t; the loop computes i, f and c.
+        p_i, p_o, p_f = ctx.split(c.pick(peep, d, 0), [H, H, H], 0, 3)
+        a_i, a_o, a_f, a_g = ctx.split(a, [H, H, H, H], -1, 4)
+        g = ctx.op("Tanh", a_g)
+        body = _Body(ctx, "cell_scan", c.dtype)
+        c_prev = body.input("c_prev")
+        a_i_t, a_f_t, g_t = body.input("a_i"), body.input("a_f"), body.input("g")
+        i_t = body.op("Sigmoid", body.op("Add", a_i_t, body.op("Mul", c_prev, p_i)))
+        f_t = body.op("Sigmoid", body.op("Add", a_f_t, body.op("Mul", c_prev, p_f)))
+        c_new = body.op("Add", body.op("Mul", f_t, c_prev), body.op("Mul", i_t, g_t))
+        c_seq = body.op("Identity", c_new)
+        outs = [c_new, c_seq, i_t, f_t]
+        _, cells, i, f = _scan(ctx, body, outs, [c_init], [a_i, a_f, g], 3, reverse)
+        cprev = _shift(ctx, cells, c0, reverse)
+        o = ctx.op("Sigmoid", ctx.op("Add", a_o, ctx.op("Mul", cells, p_o)))
+        s = ctx.op("Concat", i, o, f, axis=-1)
     tc = ctx.op("Tanh", cells)
 
     # d a_{i,o,f,g} = [dc, dh, dc, dc] * k, with dc the total cell gradient of the step.
@@ -307,6 +326,11 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     k_g = ctx.op("Mul", i, ctx.op("Sub", one, ctx.op("Mul", g, g)))
     k = ctx.op("Concat", k_iof, k_g, axis=-1)
     k2 = ctx.op("Mul", o, ctx.op("Sub", one, ctx.op("Mul", tc, tc)))  # dc += dh * k2
+    if peep is not None:
+        # c_t also reaches o_t (dc += da_o p_o), c_{t-1} reaches i_t, f_t (+= da_i p_i + da_f p_f).
+        k_i, k_o, k_f = ctx.split(k_iof, [H, H, H], -1, 3)
+        k2 = ctx.op("Add", k2, ctx.op("Mul", k_o, p_o))
+        f = ctx.op("Add", f, ctx.op("Add", ctx.op("Mul", k_i, p_i), ctx.op("Mul", k_f, p_f)))
     k, k2 = c.masked(k, k2)
 
     body = _Body(ctx, "lstm_grad_scan", c.dtype)
@@ -337,6 +361,10 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     if ctx.needs(3):
         db = c.bias_sum(da_all)
         out["db"] = ctx.op("Concat", db, db, axis=0)
+    if peep is not None and ctx.needs(7):
+        da_iof = ctx.op("Slice", da_all, ctx.i64([0]), ctx.i64([3 * H]), ctx.i64([2]))
+        states = ctx.op("Concat", cprev, cells, cprev, axis=-1)
+        out["dp"] = c.bias_sum(ctx.op("Mul", da_iof, states))
     return out
 
 
@@ -524,13 +552,13 @@ def _recurrent(ctx, dys, kind: str):
         parts = [ctx.unsqueeze(res[key], [axis]) for res in results]
         return parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=axis)
 
-    grads: list = [None] * 7
+    grads: list = [None] * 8
     if ctx.needs(0):
         dx = results[0]["dx"]
         for res in results[1:]:
             dx = ctx.op("Add", dx, res["dx"])
         grads[0] = dx if c.layout == 0 else ctx.op("Transpose", dx, perm=[1, 0, 2])
-    for i, key in ((1, "dw"), (2, "dr"), (3, "db")):
+    for i, key in ((1, "dw"), (2, "dr"), (3, "db"), (7, "dp")):
         if ctx.needs(i) and ctx.x(i) is not None:
             grads[i] = stack(key, 0)
     state_axis = 0 if c.layout == 0 else 1
