@@ -244,6 +244,17 @@ def test_conv_transpose1d_output_shape(fixed_reference):
     )
 
 
+def test_conv_transpose_same_upper(fixed_reference):
+    # stride 2, kernel 4: total padding 2 * (3 - 1) + 4 - 2 * 3 = 2 (even), output 2 * 3
+    attrs = {"strides": [2, 2], "auto_pad": "SAME_UPPER"}
+    check_op(
+        "ConvTranspose",
+        {"x": _r(1, 2, 3, 3), "w": _r(2, 1, 4, 4)},
+        attrs=attrs,
+        torch_fn=_conv_t_torch({"strides": [2, 2], "pads": [1, 1, 1, 1]}, 2),
+    )
+
+
 def test_conv_transpose_odd_output_shape_is_unsupported():
     from passes.autodiff.errors import GradientBuildError
 

@@ -376,14 +376,16 @@ def max_pool(ctx, dys):
     taps_n = int(np.prod(kernel))
     plane = int(np.prod(spatial))
     taps = np.full([taps_n, *out_sp], -1, dtype=np.int64)
+    grid = np.indices(out_sp)  # [n_sp, *out_sp]
     for t, tap in enumerate(np.ndindex(*kernel)):
-        for o in np.ndindex(*out_sp):
-            pos = [
-                oo * s - bb + kk * d
-                for oo, s, bb, kk, d in zip(o, strides, begins, tap, dilations, strict=True)
-            ]
-            if all(0 <= p < h for p, h in zip(pos, spatial, strict=True)):
-                taps[(t, *o)] = int(np.ravel_multi_index(pos, spatial))
+        pos = [grid[a] * strides[a] - begins[a] + tap[a] * dilations[a] for a in range(n_sp)]
+        inside = np.logical_and.reduce(
+            [(p >= 0) & (p < h) for p, h in zip(pos, spatial, strict=True)]
+        )
+        flat = np.ravel_multi_index(
+            [np.clip(p, 0, h - 1) for p, h in zip(pos, spatial, strict=True)], spatial
+        )
+        taps[t] = np.where(inside, flat, -1)
     local = ctx.op("Mod", indices, ctx.i64(plane))
     hit = ctx.op("Equal", ctx.unsqueeze(local, [2]), ctx.i64(taps))
     routed = ctx.op("Where", hit, ctx.unsqueeze(dy, [2]), ctx.scalar(0.0, x))
