@@ -52,7 +52,8 @@ def _grads(model, loss, feeds, builder):
     values = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     feeds = {**feeds, **{p: values[p] for p in params}}
     wanted = {i.name for i in sess.get_inputs()}
-    return dict(zip(params, sess.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+    run = sess.run(names, {k: v for k, v in feeds.items() if k in wanted})
+    return dict(zip(params, run, strict=True))
 
 
 @pytest.mark.parametrize("case", list(_cases()))

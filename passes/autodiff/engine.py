@@ -250,7 +250,6 @@ def differentiate(
     graph.register_initializer(seed)
 
     contributions: dict[int, list[ir.Value]] = {id(loss_value): [seed]}
-    by_id: dict[int, ir.Value] = {id(v): v for v in values.values()}
     grads: dict[int, ir.Value] = {}
 
     def total(v: ir.Value) -> ir.Value | None:
