@@ -301,7 +301,7 @@ def _to_layout0(model):
     return model
 
 
-def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None, acts=None):
+def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None, acts=None, peep=False):
     """Gradients run in onnxruntime (float32) vs torch autograd of the ONNX definition, for
     what central differences cannot check: onnx.reference ignores sequence_lens, and
     onnxruntime's CPU kernels refuse layout=1 (the forward node of the gradient graph is then
@@ -314,12 +314,10 @@ def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None, acts
     from passes.autodiff import differentiate
 
     nd = 2 if direction == "bidirectional" else 1
-    inputs, order = _inputs(kind, nd, layout)
+    inputs, order = _inputs(kind, nd, layout, peep=peep)
     if lens is not None:
-        order = (order + [""] * 6)[: 6 if kind != "LSTM" else 7]
+        order = order + [""] * max(0, 5 - len(order))
         order[4] = "sequence_lens"
-        while order[-1] == "":
-            order.pop()
     names = [f"y{k}" for k in range(3 if kind == "LSTM" else 2)]
     attrs = {"hidden_size": H, "direction": direction, "layout": layout}
     if kind == "GRU":
@@ -339,6 +337,7 @@ def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None, acts
             lbr=lbr,
             lens=lens_t,
             acts=acts,
+            peep=tensors.get("P"),
         )
 
     with torch.no_grad():
@@ -410,13 +409,16 @@ def test_layout1(kind, lbr, outs):
         ("LSTM", 0, "forward", [0, 1, 2]),
         ("LSTM", 0, "reverse", [0, 1, 2]),
         ("LSTM", 0, "bidirectional", [1, 2]),
+        ("LSTM+P", 0, "bidirectional", [0, 1, 2]),
         ("GRU", 0, "bidirectional", [0, 1]),
         ("GRU", 1, "bidirectional", [0, 1]),
         ("RNN", 0, "bidirectional", [0, 1]),
     ],
 )
 def test_sequence_lens(kind, lbr, direction, outs):
-    _check_ort_vs_torch(kind, direction, 0, outs, lbr=lbr, lens=[2, 3])
+    peep = kind == "LSTM+P"
+    kind = kind.replace("+P", "")
+    _check_ort_vs_torch(kind, direction, 0, outs, lbr=lbr, lens=[2, 3], peep=peep)
 
 
 def test_rnn_relu_sigmoid_activations():

@@ -15,7 +15,7 @@ Handled: layout 0 and 1; directions forward, reverse, bidirectional; optional ``
 ``initial_h``, ``initial_c`` (differentiable), ``sequence_lens`` (steps past a sequence's
 length are masked: zero gradient, the state gradient passes through unchanged); outputs
 ``Y``, ``Y_h``, ``Y_c`` in any subset; GRU ``linear_before_reset`` 0 and 1. Unsupported:
-LSTM peepholes ``P`` (differentiable; not with ``sequence_lens``). Unsupported: non-default
+LSTM peepholes ``P`` (differentiable). Unsupported: non-default
 activations (except Relu and Sigmoid for RNN), ``clip``, LSTM ``input_forget``.
 """
 
@@ -147,8 +147,6 @@ class _Common:
         if kind == "LSTM":
             if int(ctx.attr("input_forget", 0)) != 0:
                 raise Unsupported("input_forget=1 is not supported")
-            if ctx.x(7) is not None and ctx.x(4) is not None:
-                raise Unsupported("peepholes (input P) together with sequence_lens")
         self.lens = ctx.x(4)
         if self.lens is not None:
             lens = ctx.const_input(4)
@@ -172,6 +170,7 @@ class _Common:
         self._steps: dict = {}
         self._zeros = None
         self._mask = None
+        self._keep = None
 
     def mask(self):
         """(bool, float) masks [seq, batch, 1] of the steps within each sequence's length."""
@@ -200,7 +199,9 @@ class _Common:
 
     def keep(self):
         """1 - mask: the state gradient passes unchanged through steps past the length."""
-        return self.ctx.op("Sub", self.ctx.scalar(1.0, self.x), self.mask()[1])
+        if self._keep is None:
+            self._keep = self.ctx.op("Sub", self.ctx.scalar(1.0, self.x), self.mask()[1])
+        return self._keep
 
     def hidden_states(self, y_d, h0, reverse):
         """The hidden state after each step: Y, except past the length of a reversed
@@ -310,9 +311,14 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
         i_t = body.op("Sigmoid", body.op("Add", a_i_t, body.op("Mul", c_prev, p_i)))
         f_t = body.op("Sigmoid", body.op("Add", a_f_t, body.op("Mul", c_prev, p_f)))
         c_new = body.op("Add", body.op("Mul", f_t, c_prev), body.op("Mul", i_t, g_t))
+        scans = [a_i, a_f, g]
+        if c.lens is not None:  # the cell state holds past the length
+            m_t, keep_t = body.input("mask"), body.input("keep")
+            c_new = body.op("Add", body.op("Mul", c_new, m_t), body.op("Mul", c_prev, keep_t))
+            scans += [c.mask()[1], c.keep()]
         c_seq = body.op("Identity", c_new)
         outs = [c_new, c_seq, i_t, f_t]
-        _, cells, i, f = _scan(ctx, body, outs, [c_init], [a_i, a_f, g], 3, reverse)
+        _, cells, i, f = _scan(ctx, body, outs, [c_init], scans, 3, reverse)
         cprev = _shift(ctx, cells, c0, reverse)
         o = ctx.op("Sigmoid", ctx.op("Add", a_o, ctx.op("Mul", cells, p_o)))
         s = ctx.op("Concat", i, o, f, axis=-1)
@@ -331,6 +337,7 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
         k_i, k_o, k_f = ctx.split(k_iof, [H, H, H], -1, 3)
         k2 = ctx.op("Add", k2, ctx.op("Mul", k_o, p_o))
         f = ctx.op("Add", f, ctx.op("Add", ctx.op("Mul", k_i, p_i), ctx.op("Mul", k_f, p_f)))
+        f = c.where_valid(f, one)
     k, k2 = c.masked(k, k2)
 
     body = _Body(ctx, "lstm_grad_scan", c.dtype)
