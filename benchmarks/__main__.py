@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import memory, optimizer_step, training_step
+from . import gradients, memory, optimizer_step, training_step
 from .common import environment, fmt_ms, fmt_ratio, set_threads, table
 
-SECTIONS = ("optimizer", "training", "memory")
+SECTIONS = ("optimizer", "training", "memory", "gradients")
 DEFAULT_OUT = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -73,22 +73,47 @@ def training_table(records: list[dict]) -> str:
                 r["model"],
                 str(r["batch"]),
                 fmt_ms(t["adamax-onnx"]),
-                fmt_ms(t["adamax-onnx portable=False"]),
                 fmt_ms(t["torch"]),
                 fmt_ratio(q["adamax-onnx"]),
-                fmt_ratio(q["adamax-onnx portable=False"]),
             ]
         )
-    headers = [
-        "model",
-        "batch",
-        "onnx ms",
-        "onnx portable=False ms",
-        "torch ms",
-        "onnx / torch",
-        "portable=False / torch",
-    ]
+    headers = ["model", "batch", "onnx ms", "torch ms", "onnx / torch"]
     return table(headers, rows)
+
+
+def gradients_table(result: dict) -> str:
+    out = []
+    if isinstance(result.get("graph"), list):
+        rows = [
+            [
+                r["model"],
+                str(r["graphs"]["autodiff"]["nodes"]),
+                str(r["graphs"]["ort-1.19.2"]["nodes"]),
+                fmt_ratio(r["node_ratio"]),
+                fmt_ms(r["timings"]["autodiff"]["median_ms"]),
+                fmt_ms(r["timings"]["ort-1.19.2"]["median_ms"]),
+                fmt_ratio(r["ratio_autodiff_vs_ort"]),
+            ]
+            for r in result["graph"]
+        ]
+        headers = [
+            "model",
+            "nodes autodiff",
+            "nodes ort-1.19.2+lowering",
+            "node ratio",
+            "step autodiff ms",
+            "step ort-1.19.2 ms",
+            "step ratio",
+        ]
+        out.append(table(headers, rows))
+    else:
+        out.append(f"graph comparison: {result.get('graph')}")
+    rows = [
+        [str(r["layers"]), str(r["nodes"]), f"{r['build_s']:.3f}", f"{r['session_start_s']:.3f}"]
+        for r in result.get("build", [])
+    ]
+    out.append(table(["transformer layers", "nodes", "build s", "session start s"], rows))
+    return "\n\n".join(out)
 
 
 def memory_table(records: list[dict]) -> str:
@@ -158,6 +183,38 @@ def targets(result: dict) -> list[tuple[str, str, bool | None]]:
                     q <= 1.0,
                 )
             )
+    grads = result.get("gradients", {})
+    for r in grads.get("graph", []) if isinstance(grads.get("graph"), list) else []:
+        out.append(
+            (
+                f"gradient graph {r['model']}: nodes <= 1.0x onnxruntime-training + lowering",
+                fmt_ratio(r["node_ratio"]),
+                r["node_ratio"] <= 1.0,
+            )
+        )
+        out.append(
+            (
+                f"gradient graph {r['model']}: step <= 1.0x onnxruntime-training + lowering",
+                fmt_ratio(r["ratio_autodiff_vs_ort"]),
+                r["ratio_autodiff_vs_ort"] <= 1.0,
+            )
+        )
+    for r in grads.get("build", []):
+        if r["layers"] == 20:
+            out.append(
+                (
+                    "build of a 20-layer transformer <= 0.5 s",
+                    f"{r['build_s']} s",
+                    r["build_s"] <= 0.5,
+                )
+            )
+            out.append(
+                (
+                    "session start, 20-layer transformer <= 1 s",
+                    f"{r['session_start_s']} s",
+                    r["session_start_s"] <= 1.0,
+                )
+            )
     for r in result.get("memory", []):
         if "=0" in r["case"]:
             continue
@@ -201,7 +258,12 @@ def main(argv: list[str] | None = None) -> int:
         "idle_threads": "spin" if args.spin else "sleep",
     }
     start = time.perf_counter()
-    runners = {"optimizer": optimizer_step, "training": training_step, "memory": memory}
+    runners = {
+        "optimizer": optimizer_step,
+        "training": training_step,
+        "memory": memory,
+        "gradients": gradients,
+    }
     for section in SECTIONS:
         if section in args.only:
             print(f"[{section}]", flush=True)
@@ -229,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in result:
         print("\nMemory (RSS of the TrainingSession phase, 1 thread)")
         print(memory_table(result["memory"]))
+    if "gradients" in result:
+        print("\nGradient graph (our autodiff vs onnxruntime-training 1.19.2) and build times")
+        print(gradients_table(result["gradients"]))
     checks = targets(result)
     result["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in checks]
     print("\nTargets")

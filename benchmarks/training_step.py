@@ -5,8 +5,7 @@ batches of scikit-learn's digits (64 rows, and the whole 1,347-row training spli
 networks are built layer for layer with the same initial weights; both use cross-entropy (mean)
 and AdaMax(lr=1e-3), the same number of threads, and take the batch from host memory each step.
 
-adamax-onnx contenders: the default (portable) training model;
-``portable=False`` (the onnxruntime-training form, with fused ``com.microsoft`` gradient ops).
+The adamax-onnx contender is the default training model (gradients from our autodiff).
 A PyTorch step is ``zero_grad(set_to_none=True)``, forward, loss, ``backward()``, ``step()``,
 ``loss.item()``. As a check that the two sides train the same network, both are run 20 steps
 from the same start on the same batch and their losses recorded.
@@ -99,7 +98,6 @@ def run(threads: int, quick: bool, log=print) -> list[dict]:
             yb = np.ascontiguousarray(y[:batch])
             contenders = {
                 "adamax-onnx": _onnx_step(model, x, yb, threads),
-                "adamax-onnx portable=False": _onnx_step(model, x, yb, threads, portable=False),
                 "torch": _torch_step(_torch_net(kind, model), x, yb),
             }
             inner = 20 if batch <= 64 else 3
