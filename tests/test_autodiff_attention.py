@@ -101,21 +101,45 @@ def test_attention_3d_gqa_softcap():
     )
 
 
-def test_attention_past_key_unsupported():
-    from passes.autodiff.errors import GradientBuildError
+@pytest.mark.parametrize("three_d", [False, True])
+def test_attention_kv_cache(three_d):
+    """past_key/past_value (differentiable) and the present_key/present_value outputs in the
+    loss; causal with the cache offset (query i sees keys j <= i + past length)."""
+    import torch
 
-    inputs = _qkv(2, 2)
-    inputs["pk"] = np.zeros((BATCH, 2, 1, D))
-    inputs["pv"] = np.zeros((BATCH, 2, 1, D))
-    with pytest.raises(GradientBuildError, match="past_key"):
-        check_op(
-            "Attention",
-            inputs,
-            order=["Q", "K", "V", "", "pk", "pv"],
-            num_outputs=3,
-            loss_outputs=[0],
-            opset=23,
-        )
+    past = 2
+    hq, hk = (2, 1) if three_d else (2, 2)
+    inputs = _qkv(hq, hk, three_d=three_d)
+    rng = np.random.default_rng(4)
+    inputs["pk"] = rng.standard_normal((BATCH, hk, past, D))
+    inputs["pv"] = rng.standard_normal((BATCH, hk, past, D))
+    attrs = {"is_causal": 1}
+    if three_d:
+        attrs.update(q_num_heads=hq, kv_num_heads=hk)
+
+    def torch_fn(Q, K, V, pk, pv):
+        if three_d:
+            K = K.reshape(BATCH, L, hk, D).transpose(1, 2)
+            V = V.reshape(BATCH, L, hk, D).transpose(1, 2)
+        k_all, v_all = torch.cat([pk, K], 2), torch.cat([pv, V], 2)
+        keep = torch.ones(S, past + L, dtype=torch.bool).tril(diagonal=past)
+        if three_d:
+            q = Q.reshape(BATCH, S, hq, D).transpose(1, 2)
+            y = _torch_attention(q, k_all, v_all, keep)
+            y = y.transpose(1, 2).reshape(BATCH, S, hq * D)
+        else:
+            y = _torch_attention(Q, k_all, v_all, keep)
+        return y, k_all, v_all
+
+    check_op(
+        "Attention",
+        inputs,
+        attrs=attrs,
+        order=["Q", "K", "V", "", "pk", "pv"],
+        num_outputs=3,
+        torch_fn=torch_fn,
+        opset=23,
+    )
 
 
 def test_attention_nonpad_kv_seqlen_broadcast_mask():
