@@ -7,13 +7,31 @@ function per op, registered in the table of :mod:`.registry`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
+from typing import Any
 
 import onnx
 
-from .engine import MIN_OPSET, differentiate
 from .errors import GradientBuildError, Unsupported
-from .registry import RULES, find_rule, rule, supported_ops
+
+# The engine and the rules import onnx_ir (and through it sympy, ~0.25 s): they load on first
+# use, so that ``import adamax_onnx`` stays fast for a device that only runs training models.
+_LAZY = {
+    "MIN_OPSET": ".engine",
+    "differentiate": ".engine",
+    "RULES": ".registry",
+    "find_rule": ".registry",
+    "rule": ".registry",
+    "supported_ops": ".registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AutodiffBuilder",
@@ -32,4 +50,6 @@ class AutodiffBuilder:
     """The default gradient builder: :func:`differentiate`, standard ONNX ops only."""
 
     def build(self, model: onnx.ModelProto, loss: str, params: Sequence[str]) -> onnx.ModelProto:
+        from .engine import differentiate
+
         return differentiate(model, loss, params)
