@@ -39,6 +39,10 @@ def _torch_rnn(
         bd = b[d] if b is not None else torch.zeros(2 * ng * hidden, dtype=x.dtype)
         wb, rb = bd[: ng * hidden], bd[ng * hidden :]
         h = h0[d] if h0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
+        slot = {"LSTM": 3, "GRU": 2, "RNN": 1}[kind]
+        default = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"], "RNN": ["tanh"]}
+        names = (acts or default[kind] * nd)[slot * d : slot * d + slot] + [None] * 2
+        fa, ga, ha = (getattr(torch, a.lower()) if a else None for a in names[:3])
         c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
         out = [None] * steps
         order = range(steps - 1, -1, -1) if rev else range(steps)
@@ -51,25 +55,24 @@ def _torch_rnn(
                 if peep is not None:
                     pi, po, pf = peep[d].split(hidden)
                     i, f = i + pi * c, f + pf * c
-                i, f, cc = i.sigmoid(), f.sigmoid(), cc.tanh()
+                i, f, cc = fa(i), fa(f), ga(cc)
                 c = f * c + i * cc
-                o = (o + po * c).sigmoid() if peep is not None else o.sigmoid()
-                h = o * c.tanh()
+                o = fa(o + po * c) if peep is not None else fa(o)
+                h = o * ha(c)
             elif kind == "GRU":
                 wz, wr, wh = wd.split(hidden, 0)
                 rz, rr, rh = rd.split(hidden, 0)
                 wbz, wbr, wbh = wb.split(hidden)
                 rbz, rbr, rbh = rb.split(hidden)
-                z = (xt @ wz.T + h @ rz.T + wbz + rbz).sigmoid()
-                rg = (xt @ wr.T + h @ rr.T + wbr + rbr).sigmoid()
+                z = fa(xt @ wz.T + h @ rz.T + wbz + rbz)
+                rg = fa(xt @ wr.T + h @ rr.T + wbr + rbr)
                 if lbr:
-                    hh = (xt @ wh.T + rg * (h @ rh.T + rbh) + wbh).tanh()
+                    hh = ga(xt @ wh.T + rg * (h @ rh.T + rbh) + wbh)
                 else:
-                    hh = (xt @ wh.T + (rg * h) @ rh.T + rbh + wbh).tanh()
+                    hh = ga(xt @ wh.T + (rg * h) @ rh.T + rbh + wbh)
                 h = (1 - z) * hh + z * h
             else:
-                act = (acts or ["tanh"] * nd)[d].lower()
-                h = getattr(torch, act)(xt @ wd.T + h @ rd.T + wb + rb)
+                h = fa(xt @ wd.T + h @ rd.T + wb + rb)
             out[t] = h
             if lens is not None:
                 m = (t < lens).to(x.dtype)[:, None]
@@ -421,9 +424,17 @@ def test_sequence_lens(kind, lbr, direction, outs):
     _check_ort_vs_torch(kind, direction, 0, outs, lbr=lbr, lens=[2, 3], peep=peep)
 
 
-def test_rnn_relu_sigmoid_activations():
-    """onnx.reference knows only Tanh: checked against torch only."""
-    _check_ort_vs_torch("RNN", "bidirectional", 0, [0, 1], acts=["Relu", "Sigmoid"])
+@pytest.mark.parametrize(
+    "kind, acts",
+    [
+        ("RNN", ["Relu", "Sigmoid"]),
+        ("LSTM", ["Tanh", "Relu", "Sigmoid", "Sigmoid", "Tanh", "Relu"]),
+        ("GRU", ["Tanh", "Relu", "Relu", "Sigmoid"]),
+    ],
+)
+def test_other_activations(kind, acts):
+    """onnx.reference knows only the default activations: checked against torch only."""
+    _check_ort_vs_torch(kind, "bidirectional", 0, [0, 1], acts=acts)
 
 
 @pytest.mark.parametrize(

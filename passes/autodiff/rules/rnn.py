@@ -14,9 +14,9 @@ small elementwise forward ``Scan`` recomputes them (``c_t = f_t * c_{t-1} + i_t 
 Handled: layout 0 and 1; directions forward, reverse, bidirectional; optional ``B``,
 ``initial_h``, ``initial_c`` (differentiable), ``sequence_lens`` (steps past a sequence's
 length are masked: zero gradient, the state gradient passes through unchanged); outputs
-``Y``, ``Y_h``, ``Y_c`` in any subset; GRU ``linear_before_reset`` 0 and 1. Unsupported:
-LSTM peepholes ``P`` (differentiable). Unsupported: non-default
-activations (except Relu and Sigmoid for RNN), ``clip``, LSTM ``input_forget``.
+``Y``, ``Y_h``, ``Y_c`` in any subset; GRU ``linear_before_reset`` 0 and 1; LSTM peepholes
+``P`` (differentiable); activations Sigmoid, Tanh, Relu in any slot. Unsupported: other
+activations, ``clip``, LSTM ``input_forget``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,18 @@ _DEFAULT_ACTIVATIONS = {
     "RNN": ["tanh"],
 }
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-_RNN_ACTS = ("tanh", "relu", "sigmoid")  # derivatives written with the output y
+#: Activations whose derivative is written with the output y (ONNX names, lower case).
+_ACT_OPS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu"}
+
+
+def _dact(ctx, name: str, y, like):
+    """f'(a) from y = f(a)."""
+    if name == "relu":
+        return ctx.op("Cast", ctx.op("Greater", y, ctx.scalar(0.0, like)), to=ctx.dtype(like))
+    y2 = ctx.op("Mul", y, y)
+    if name == "sigmoid":
+        return ctx.op("Sub", y, y2)
+    return ctx.op("Sub", ctx.scalar(1.0, like), y2)
 
 
 def _fresh(ctx, name: str) -> str:
@@ -138,12 +149,9 @@ class _Common:
         self.acts = _DEFAULT_ACTIVATIONS[kind] * self.nd
         if acts is not None:
             lowered = [a.lower() for a in acts]
-            if kind == "RNN" and len(lowered) == self.nd and set(lowered) <= set(_RNN_ACTS):
-                self.acts = lowered
-            elif lowered != self.acts:
-                raise Unsupported(
-                    f"activations {acts} (supported: the defaults; RNN: Relu, Sigmoid)"
-                )
+            if len(lowered) != len(self.acts) or not set(lowered) <= set(_ACT_OPS):
+                raise Unsupported(f"activations {acts} (supported: Sigmoid, Tanh, Relu)")
+            self.acts = lowered
         if kind == "LSTM":
             if int(ctx.attr("input_forget", 0)) != 0:
                 raise Unsupported("input_forget=1 is not supported")
@@ -277,6 +285,7 @@ class _Common:
 
 def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     ctx, H = c.ctx, c.H
+    fa, ga, ha = c.acts[3 * d : 3 * d + 3]  # gates, cell input, cell output
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
     hprev = _shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
     bias = None
@@ -287,8 +296,8 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
     peep = ctx.x(7)
     if peep is None:
         a_s, a_g = ctx.split(a, [3 * H, H], -1, 2)
-        s = ctx.op("Sigmoid", a_s)  # i, o, f
-        g = ctx.op("Tanh", a_g)
+        s = ctx.op(_ACT_OPS[fa], a_s)  # i, o, f
+        g = ctx.op(_ACT_OPS[ga], a_g)
         i, o, f = ctx.split(s, [H, H, H], -1, 3)
         ig = c.masked(ctx.op("Mul", i, g))
         f = c.where_valid(f, ctx.scalar(1.0, c.x))  # the cell state holds past the length
@@ -304,12 +313,12 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
         # Peepholes: i and f read c_{t-1}, o reads c_t; the loop computes i, f and c.
         p_i, p_o, p_f = ctx.split(c.pick(peep, d, 0), [H, H, H], 0, 3)
         a_i, a_o, a_f, a_g = ctx.split(a, [H, H, H, H], -1, 4)
-        g = ctx.op("Tanh", a_g)
+        g = ctx.op(_ACT_OPS[ga], a_g)
         body = _Body(ctx, "cell_scan", c.dtype)
         c_prev = body.input("c_prev")
         a_i_t, a_f_t, g_t = body.input("a_i"), body.input("a_f"), body.input("g")
-        i_t = body.op("Sigmoid", body.op("Add", a_i_t, body.op("Mul", c_prev, p_i)))
-        f_t = body.op("Sigmoid", body.op("Add", a_f_t, body.op("Mul", c_prev, p_f)))
+        i_t = body.op(_ACT_OPS[fa], body.op("Add", a_i_t, body.op("Mul", c_prev, p_i)))
+        f_t = body.op(_ACT_OPS[fa], body.op("Add", a_f_t, body.op("Mul", c_prev, p_f)))
         c_new = body.op("Add", body.op("Mul", f_t, c_prev), body.op("Mul", i_t, g_t))
         scans = [a_i, a_f, g]
         if c.lens is not None:  # the cell state holds past the length
@@ -320,18 +329,16 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
         outs = [c_new, c_seq, i_t, f_t]
         _, cells, i, f = _scan(ctx, body, outs, [c_init], scans, 3, reverse)
         cprev = _shift(ctx, cells, c0, reverse)
-        o = ctx.op("Sigmoid", ctx.op("Add", a_o, ctx.op("Mul", cells, p_o)))
+        o = ctx.op(_ACT_OPS[fa], ctx.op("Add", a_o, ctx.op("Mul", cells, p_o)))
         s = ctx.op("Concat", i, o, f, axis=-1)
-    tc = ctx.op("Tanh", cells)
+    tc = ctx.op(_ACT_OPS[ha], cells)
 
     # d a_{i,o,f,g} = [dc, dh, dc, dc] * k, with dc the total cell gradient of the step.
     one = ctx.scalar(1.0, c.x)
-    k_iof = ctx.op(
-        "Mul", ctx.op("Sub", s, ctx.op("Mul", s, s)), ctx.op("Concat", g, tc, cprev, axis=-1)
-    )
-    k_g = ctx.op("Mul", i, ctx.op("Sub", one, ctx.op("Mul", g, g)))
+    k_iof = ctx.op("Mul", _dact(ctx, fa, s, c.x), ctx.op("Concat", g, tc, cprev, axis=-1))
+    k_g = ctx.op("Mul", i, _dact(ctx, ga, g, c.x))
     k = ctx.op("Concat", k_iof, k_g, axis=-1)
-    k2 = ctx.op("Mul", o, ctx.op("Sub", one, ctx.op("Mul", tc, tc)))  # dc += dh * k2
+    k2 = ctx.op("Mul", o, _dact(ctx, ha, tc, c.x))  # dc += dh * k2
     if peep is not None:
         # c_t also reaches o_t (dc += da_o p_o), c_{t-1} reaches i_t, f_t (+= da_i p_i + da_f p_f).
         k_i, k_o, k_f = ctx.split(k_iof, [H, H, H], -1, 3)
@@ -378,6 +385,7 @@ def _lstm_dir(c: _Common, d, reverse, y_d, dy, dyh, dyc, h0, c0):
 def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     ctx, H = c.ctx, c.H
     lbr = int(ctx.attr("linear_before_reset", 0))
+    fa, ga = c.acts[2 * d : 2 * d + 2]
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
     hprev = _shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
     wb = rb = rb_zr = rb_h = None
@@ -394,20 +402,20 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
         if rb is not None:
             rb_zr, rb_h = ctx.split(rb, [2 * H, H], 0, 2)
         hr_zr = c.steps(c.affine(hprev, H, r_zr, rb_zr), 2 * H)
-    zr = ctx.op("Sigmoid", ctx.op("Add", xw_zr, hr_zr))
+    zr = ctx.op(_ACT_OPS[fa], ctx.op("Add", xw_zr, hr_zr))
     z, r = ctx.split(zr, [H, H], -1, 2)
     if lbr:
-        hh = ctx.op("Tanh", ctx.op("Add", xw_h, ctx.op("Mul", r, hr_h)))
+        hh = ctx.op(_ACT_OPS[ga], ctx.op("Add", xw_h, ctx.op("Mul", r, hr_h)))
     else:
         rh = ctx.op("Mul", r, hprev)
         a_h = ctx.op("Add", xw_h, c.steps(c.affine(rh, H, r_h, rb_h), H))
-        hh = ctx.op("Tanh", a_h)
+        hh = ctx.op(_ACT_OPS[ga], a_h)
 
     # h_t = (1 - z) * hh + z * h_{t-1}
-    dzr = ctx.op("Sub", zr, ctx.op("Mul", zr, zr))
+    dzr = _dact(ctx, fa, zr, c.x)
     dz, dr = ctx.split(dzr, [H, H], -1, 2)
     kz = ctx.op("Mul", ctx.op("Sub", hprev, hh), dz)
-    kh = ctx.op("Mul", ctx.op("Sub", one, z), ctx.op("Sub", one, ctx.op("Mul", hh, hh)))
+    kh = ctx.op("Mul", ctx.op("Sub", one, z), _dact(ctx, ga, hh, c.x))
     # Past a sequence's length: no pre-activation gradient, and z = 1 passes dh through.
     z_state = c.where_valid(z, one)
 
@@ -481,14 +489,7 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
 def _rnn_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     ctx, H = c.ctx, c.H
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
-    act = c.acts[d]
-    if act == "relu":
-        k = ctx.op("Cast", ctx.op("Greater", y_d, ctx.scalar(0.0, c.x)), to=c.dtype)
-    elif act == "sigmoid":
-        k = ctx.op("Sub", y_d, ctx.op("Mul", y_d, y_d))
-    else:
-        k = ctx.op("Sub", ctx.scalar(1.0, c.x), ctx.op("Mul", y_d, y_d))
-    k = c.masked(k)
+    k = c.masked(_dact(ctx, c.acts[d], y_d, c.x))
 
     body = _Body(ctx, "rnn_grad_scan", c.dtype)
     dh_c = body.input("dh")
