@@ -224,6 +224,7 @@ def build_training_model(
     loss_scale_manager: LossScaleManager | None = None,
     bucket_size: int = DEFAULT_BUCKET_SIZE,
     chunk_size: int = 0,
+    ignore_index: int | None = None,
 ) -> onnx.ModelProto:
     """Build the one-run-per-step training model of ``model`` with ``optimizer``.
 
@@ -232,7 +233,12 @@ def build_training_model(
         optimizer: the :class:`AdaMax` specification; its parameters must be initializers of
             ``model``. Initializers not in the optimizer stay frozen.
         loss: ``"cross_entropy"`` (int64 class labels, mean), ``"mse"`` (mean), or the name of
-            an existing scalar output.
+            an existing scalar float output. Cross entropy reads ``[B, C]`` scores with ``[B]``
+            labels, or ``[B, T, V]`` scores with ``[B, T]`` labels (token level: class axis
+            last, like torch and Hugging Face; mean over the tokens whose label is not
+            ``ignore_index``). A loss/output combination that could not run is a
+            :class:`ModelError` here (output of unknown rank, rank < 2 or non-float type for
+            cross entropy, non-float for mse, a named loss that is not a float scalar).
         label: name of the label input added for a built-in loss.
         output: the model output the loss reads (default: the only one).
         gradient_builder: the :class:`passes.gradients.GradientBuilder` that differentiates
@@ -264,6 +270,9 @@ def build_training_model(
             ``Scan`` over chunks of about N elements (:class:`passes.chunking.ChunkUpdates`,
             bit-identical), its ``.updated`` outputs (parameter, m, v) in chunk layout
             ``[rows, chunk]``: another runtime must reshape them before feeding them back.
+        ignore_index: cross entropy: the label value left out of the loss and of its mean.
+            None (default): -100 (torch's default) for token-level scores (rank >= 3), none
+            for ``[B, C]`` scores; an int applies to both.
 
     Raises:
         GradientError: an op on the path from a trained parameter to the loss has no gradient
@@ -286,7 +295,9 @@ def build_training_model(
     model_inputs = [i.name for i in model.graph.input if i.name not in inits]
     model_outputs = [o.name for o in model.graph.output]
     try:
-        with_loss = AttachLoss(loss, label=label, output=output)(model).model
+        with_loss = AttachLoss(loss, label=label, output=output, ignore_index=ignore_index)(
+            model
+        ).model
     except ValueError as exc:
         raise ModelError(str(exc)) from exc
     loss_name = LOSS_NAME if loss in ("cross_entropy", "mse") else loss

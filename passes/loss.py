@@ -1,11 +1,25 @@
 """Loss pass: attach a scalar training loss to an inference model.
 
 ``AttachLoss("cross_entropy", label="labels")`` adds an int64 label input and a mean
-``SoftmaxCrossEntropyLoss`` over the model output; ``"mse"`` adds a float label input of the
-output's type and shape and the mean squared error (a float16/bfloat16 output is cast to float32
-first, as MindSpore's amp does, so the loss is always float32 or float64); any other string names an existing scalar
-output to use as the loss. Afterwards the graph's first output is the scalar ``loss`` tensor and
-the model's own outputs follow it, unchanged.
+``SoftmaxCrossEntropyLoss`` over the model output:
+
+* ``[B, C]`` scores, ``[B]`` labels: the class axis is 1, no ignore_index (unless one is given);
+* ``[B, T, V]`` (or ``[B, d1, ..., V]``) scores, ``[B, T]`` labels: token-level cross entropy
+  with the class axis **last**, as torch's ``F.cross_entropy(logits.flatten(0, -2),
+  labels.flatten())`` and Hugging Face compute it; labels equal to ``ignore_index`` (default
+  -100) are left out, and the mean is over the tokens that count. The scores are transposed to
+  ONNX's ``[B, V, T]`` layout (``loss.scores``) before the op.
+
+``"mse"`` adds a float label input of the output's type and shape and the mean squared error (a
+float16/bfloat16 output is cast to float32 first, as MindSpore's amp does, so the loss is always
+float32 or float64); any other string names an existing scalar float output to use as the loss.
+Afterwards the graph's first output is the scalar ``loss`` tensor and the model's own outputs
+follow it, unchanged.
+
+Every combination that could not run is refused here, at build time, with a ``ValueError``
+naming the output, its type and shape: cross entropy on an output of unknown rank or rank < 2
+or of a non-float type, mse on a non-float output, a named loss output that is not a float
+scalar.
 """
 
 from __future__ import annotations
@@ -16,10 +30,57 @@ from onnx import TensorProto, helper
 from .base import GraphPass, PassResult
 from .builder import GraphBuilder
 
-__all__ = ["AttachLoss", "LOSS_NAME", "LOG_PROB_NAME"]
+__all__ = ["AttachLoss", "LOSS_NAME", "LOG_PROB_NAME", "SCORES_NAME", "DEFAULT_IGNORE_INDEX"]
 
 LOSS_NAME = "loss"
 LOG_PROB_NAME = "loss.log_prob"
+SCORES_NAME = "loss.scores"
+#: torch's and Hugging Face's ignore_index, the default of token-level cross entropy.
+DEFAULT_IGNORE_INDEX = -100
+
+_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list | None:
+    """Dims of a value info (int, str or None each), None when its rank is unknown."""
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def _describe(vi: onnx.ValueInfoProto) -> str:
+    t = vi.type
+    if not t.HasField("tensor_type"):
+        return f"a non-tensor value ({t.WhichOneof('value')})"
+    elem = TensorProto.DataType.Name(t.tensor_type.elem_type)
+    dims = _dims(vi)
+    shape = (
+        "unknown shape" if dims is None else f"shape {[d if d is not None else '?' for d in dims]}"
+    )
+    return f"type {elem}, {shape}"
+
+
+def _inferred(model: onnx.ModelProto, name: str, vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
+    """``vi`` completed by ONNX shape inference where its type or shape is missing."""
+    t = vi.type.tensor_type
+    if vi.type.HasField("tensor_type") and t.elem_type and t.HasField("shape"):
+        return vi
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:
+        return vi
+    for cand in list(inferred.graph.output) + list(inferred.graph.value_info):
+        if cand.name == name and cand.type.HasField("tensor_type"):
+            out = onnx.ValueInfoProto()
+            out.CopyFrom(vi)
+            ct = cand.type.tensor_type
+            if not t.elem_type and ct.elem_type:
+                out.type.tensor_type.elem_type = ct.elem_type
+            if not t.HasField("shape") and ct.HasField("shape"):
+                out.type.tensor_type.shape.CopyFrom(ct.shape)
+            return out
+    return vi
 
 
 class AttachLoss(GraphPass):
@@ -29,12 +90,24 @@ class AttachLoss(GraphPass):
         loss: the loss kind, or the name of an existing scalar output.
         label: name of the label input to add (built-in losses only).
         output: which model output the loss reads; defaults to the only output.
+        ignore_index: cross entropy only: the label value that is left out of the loss and of
+            the mean. None (default): -100 for token-level scores (rank >= 3), none for
+            ``[B, C]`` scores (which are built exactly as before); an int applies to both.
     """
 
     def __init__(
-        self, loss: str = "cross_entropy", label: str = "labels", output: str | None = None
+        self,
+        loss: str = "cross_entropy",
+        label: str = "labels",
+        output: str | None = None,
+        ignore_index: int | None = None,
     ):
+        if ignore_index is not None and (
+            isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+        ):
+            raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
         self.loss, self.label, self.output = loss, label, output
+        self.ignore_index = ignore_index
 
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
@@ -52,6 +125,12 @@ class AttachLoss(GraphPass):
                 raise ValueError(
                     f"loss output {self.loss!r} must be a scalar, but its shape is "
                     f"{[d.dim_value or d.dim_param for d in dims]}"
+                )
+            vi = _inferred(model, self.loss, outputs[self.loss])
+            elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else -1
+            if elem and elem not in _FLOATS:
+                raise ValueError(
+                    f"loss output {self.loss!r} has {_describe(vi)}; a loss must be a float scalar"
                 )
             rest = [o for o in graph.output if o.name != self.loss]
             del graph.output[:]
@@ -78,7 +157,25 @@ class AttachLoss(GraphPass):
         g = GraphBuilder(taken)
         g.reserve(self.label)
         g.reserve(LOSS_NAME)
+        target = _inferred(model, target.name, target)
         t = target.type.tensor_type
+        dims = _dims(target)
+        if not target.type.HasField("tensor_type") or t.elem_type not in _FLOATS:
+            raise ValueError(
+                f"loss {self.loss!r} reads output {target.name!r}, which has "
+                f"{_describe(target)}; it needs float scores (float, double, float16, bfloat16)"
+            )
+        if self.loss == "cross_entropy" and (dims is None or len(dims) < 2):
+            raise ValueError(
+                f"loss 'cross_entropy' reads output {target.name!r}, which has "
+                f"{_describe(target)}; it needs [B, C] scores (labels [B]) or [B, T, V] scores "
+                "(labels [B, T], class axis last)"
+                + (
+                    ": give the output a shape (or the inputs, for shape inference)"
+                    if dims is None
+                    else ""
+                )
+            )
         logits = target.name
         loss_type = t.elem_type
         if t.elem_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
@@ -87,13 +184,26 @@ class AttachLoss(GraphPass):
             logits = g.op("Cast", [target.name], "loss.output_float32", to=TensorProto.FLOAT)
             loss_type = TensorProto.FLOAT
         if self.loss == "cross_entropy":
-            label_vi = helper.make_tensor_value_info(
-                self.label,
-                TensorProto.INT64,
-                [t.shape.dim[0].dim_param or t.shape.dim[0].dim_value or "N"]
-                if len(t.shape.dim)
-                else None,
-            )
+            rank = len(dims)
+            ignore = self.ignore_index
+            attrs: dict = {"reduction": "mean"}
+            label_dims = [
+                d if d is not None else (f"{self.label}_dim{i}" if i else "N")
+                for i, d in enumerate(dims[:-1] if rank > 2 else dims[:1])
+            ]
+            value_info = []
+            if rank > 2:
+                # class axis last (torch/HF token level) -> ONNX's class axis 1
+                if ignore is None:
+                    ignore = DEFAULT_IGNORE_INDEX
+                perm = [0, rank - 1, *range(1, rank - 1)]
+                logits = g.op("Transpose", [logits], SCORES_NAME, perm=perm)
+                value_info.append(
+                    helper.make_tensor_value_info(logits, loss_type, [dims[i] for i in perm])
+                )
+            if ignore is not None:
+                attrs["ignore_index"] = int(ignore)
+            label_vi = helper.make_tensor_value_info(self.label, TensorProto.INT64, label_dims)
             g.reserve(LOG_PROB_NAME)
             g.nodes.append(
                 helper.make_node(
@@ -101,9 +211,10 @@ class AttachLoss(GraphPass):
                     [logits, self.label],
                     [LOSS_NAME, LOG_PROB_NAME],
                     name="loss/SoftmaxCrossEntropyLoss",
-                    reduction="mean",
+                    **attrs,
                 )
             )
+            graph.value_info.extend(value_info)
             extra = [helper.make_tensor_value_info(LOG_PROB_NAME, loss_type, None)]
         else:
             label_vi = onnx.ValueInfoProto()
