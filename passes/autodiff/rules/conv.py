@@ -22,6 +22,9 @@ import onnx_ir as ir
 from ..errors import Unsupported
 from ..registry import rule
 
+_INT64_MIN = int(np.iinfo(np.int64).min)
+_INT64_MAX = int(np.iinfo(np.int64).max)
+
 # -- geometry ---------------------------------------------------------------------------------
 
 
@@ -131,57 +134,70 @@ def _kernel_dims(ctx, w, n_sp):
     return dims, kernel
 
 
-def _weight_correlation(ctx, x, x_spatial, dy, cin_g, group, kernel, strides, dilations, pads):
-    """dW of Conv(x, W) given dy, laid out [Cout, Cin/G, k...].
+def _weight_correlation(
+    ctx, x, x_spatial, out_spatial, dy, w_dims, group, kernel, strides, dilations, pads
+):
+    """dW of Conv(x, W) given dy, laid out [Cout, Cin/G, k...]: one product per kernel tap.
 
-    One grouped Conv correlates x with dy: x is laid out [Cin/G, G*N, ...] (batch = input
-    channel in the group, channels = group x sample), dy [Cout, N, ...] is the kernel (G
-    groups), strides and dilations swap roles; the result [Cin/G, Cout, k'...] is cut to the
-    kernel size and transposed to W's layout.
+    x is laid out [G, Cin/G, N, *spatial] (a block transpose), padded; each of the K kernel
+    taps is a strided Slice of it, [G, Cin/G, N*L] (L output positions), and dW[..., tap] is
+    dy [G, Cout/G, N*L] times that slice transposed (G = 1: a Gemm with transB; G > 1: a
+    MatMul with dy transposed once). ``out_spatial``: dy's spatial sizes (None where not
+    static: then every stride must be 1).
     """
     n_sp = len(kernel)
     rank = n_sp + 2
-    perm_swap = [1, 0, *range(2, rank)]
+    cin_g, cout_g = w_dims[1], w_dims[0] // group  # dy has Cout = w_dims[0] channels
     if group == 1:
-        xt = ctx.op("Transpose", x, perm=perm_swap)
+        xt = ctx.op("Transpose", x, perm=[1, 0, *range(2, rank)])  # [Cin, N, *spatial]
+        dy2 = ctx.reshape(ctx.op("Transpose", dy, perm=[1, 0, *range(2, rank)]), [0, -1])
     else:
         if all(d is not None for d in x_spatial):
-            grouped, batched = [-1, group, cin_g, *x_spatial], [cin_g, -1, *x_spatial]
+            grouped = [0, group, cin_g, *x_spatial]
         else:
-            sp = ctx.shape(x, 2)
-            grouped = ctx.op("Concat", ctx.i64([-1, group, cin_g]), sp, axis=0)
-            batched = ctx.op("Concat", ctx.i64([cin_g, -1]), sp, axis=0)
-        # [N, C, ...] -> [N, G, C/G, ...] -> [C/G, G, N, ...] -> [C/G, G*N, ...]
-        x5 = ctx.reshape(x, grouped)
-        xt = ctx.reshape(ctx.op("Transpose", x5, perm=[2, 1, 0, *range(3, rank + 1)]), batched)
-    dyt = ctx.op("Transpose", dy, perm=perm_swap)
-    corr = ctx.op(
-        "Conv", xt, dyt, group=group, strides=list(dilations), dilations=list(strides), pads=pads
-    )
-    if not _fits(x_spatial, kernel, strides, dilations, pads):
-        corr = ctx.op(
-            "Slice",
-            corr,
-            ctx.i64([0] * n_sp),
-            ctx.i64(list(kernel)),
-            ctx.i64(list(range(2, rank))),
-        )
-    return ctx.op("Transpose", corr, perm=perm_swap)
-
-
-def _fits(spatial, kernel, strides, dilations, pads):
-    """Whether the weight correlation is exactly the kernel's size (no Slice needed)."""
-    n = len(kernel)
-    for a, (h, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations, strict=True)):
-        if s == 1:  # (span - out) // d + 1 == k whatever the size
-            continue
-        if h is None:
-            return False
-        span = h + pads[a] + pads[n + a]
-        out = (span - (k - 1) * d - 1) // s + 1  # the forward's output size
-        if (span - (s * (out - 1) + 1)) // d + 1 != k:
-            return False
-    return True
+            grouped = ctx.op("Concat", ctx.i64([0, group, cin_g]), ctx.shape(x, 2), axis=0)
+        x5 = ctx.reshape(x, grouped)  # [N, G, Cin/G, *spatial] -> [G, Cin/G, N, *spatial]
+        xt = ctx.op("Transpose", x5, perm=[1, 2, 0, *range(3, rank + 1)])
+        per_group = ctx.reshape(dy, [0, group, cout_g, -1])  # [N, G, Cout/G, L]
+        moved = ctx.op("Transpose", per_group, perm=[1, 0, 3, 2])  # [G, N, L, Cout/G]
+        dy2 = ctx.reshape(moved, [0, -1, cout_g])  # [G, N*L, Cout/G]
+    lead = 2 if group == 1 else 3  # axes before the spatial ones
+    xt_rank = lead + n_sp
+    sp_axes = list(range(lead, xt_rank))
+    if any(pads):
+        full = [0] * (2 * xt_rank)
+        for k, a in enumerate(sp_axes):
+            full[a], full[xt_rank + a] = pads[k], pads[n_sp + k]
+        xt = ctx.op("Pad", xt, ctx.i64(full))
+    k_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    parts = []
+    for tap in np.ndindex(*kernel):
+        starts, ends = [], []
+        for k in range(n_sp):
+            start = tap[k] * dilations[k]
+            o = out_spatial[k]
+            if o is not None:
+                end = start + strides[k] * (o - 1) + 1
+            elif strides[k] == 1:  # out = padded - k_eff + 1: stop k_eff - 1 - start early
+                back = k_eff[k] - 1 - start
+                end = -back if back else _INT64_MAX
+            else:
+                raise Unsupported("strides > 1 need static spatial sizes")
+            starts.append(start)
+            ends.append(end)
+        args = [xt, ctx.i64(starts), ctx.i64(ends), ctx.i64(sp_axes)]
+        if any(s != 1 for s in strides):
+            args.append(ctx.i64(strides))
+        cols = ctx.op("Slice", *args)
+        if group == 1:  # [Cout, N*L] x [Cin, N*L]^T -> [Cout, Cin]
+            part = ctx.op("Gemm", dy2, ctx.reshape(cols, [cin_g, -1]), transB=1)
+        else:  # [G, Cin/G, N*L] x [G, N*L, Cout/G] -> [G, Cin/G, Cout/G]
+            part = ctx.op("MatMul", ctx.reshape(cols, [group, cin_g, -1]), dy2)
+        parts.append(ctx.unsqueeze(part, [2 if group == 1 else 3]))
+    dw = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=-1)
+    if group > 1:  # [G, Cin/G, Cout/G, K] -> [G, Cout/G, Cin/G, K]
+        dw = ctx.op("Transpose", dw, perm=[0, 2, 1, 3])
+    return ctx.reshape(dw, [-1, cin_g, *kernel])
 
 
 # -- Conv -------------------------------------------------------------------------------------
@@ -217,7 +233,17 @@ def conv(ctx, dys):
         out[0] = ctx.op("ConvTranspose", dy, w, kernel_shape=kernel, **attrs)
     if ctx.needs(1):
         out[1] = _weight_correlation(
-            ctx, x, spatial, dy, w_dims[1], group, kernel, strides, dilations, begins + ends
+            ctx,
+            x,
+            spatial,
+            out_sp,
+            dy,
+            w_dims,
+            group,
+            kernel,
+            strides,
+            dilations,
+            begins + ends,
         )
     if b is not None and ctx.needs(2):
         out[2] = _reduce_channels(ctx, dy, rank)
@@ -286,7 +312,17 @@ def conv_transpose(ctx, dys):
         out[0] = ctx.op("Conv", dy, w, kernel_shape=kernel, **attrs)
     if ctx.needs(1):
         out[1] = _weight_correlation(
-            ctx, dy, y_spatial, x, w_dims[1], group, kernel, strides, dilations, begins + ends
+            ctx,
+            dy,
+            y_spatial,
+            spatial,
+            x,
+            w_dims,
+            group,
+            kernel,
+            strides,
+            dilations,
+            begins + ends,
         )
     if b is not None and ctx.needs(2):
         out[2] = _reduce_channels(ctx, dy, rank)
@@ -464,9 +500,6 @@ def global_max_pool(ctx, dys):
 
 
 # -- Pad --------------------------------------------------------------------------------------
-
-_INT64_MIN = int(np.iinfo(np.int64).min)
-_INT64_MAX = int(np.iinfo(np.int64).max)
 
 
 def _full_pads(ctx, rank):
