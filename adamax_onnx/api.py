@@ -19,7 +19,13 @@ from passes.adamax import DEFAULT_BUCKET_SIZE, AdaMaxPass
 from passes.batchnorm import BatchNormError, DecomposeBatchNorm
 from passes.builder import IR_VERSION, OPSET
 from passes.chunking import ChunkUpdates
-from passes.contract import Contract, grad_name, lr_input_name, write_contract
+from passes.contract import (
+    Contract,
+    detach_initial_values,
+    grad_name,
+    lr_input_name,
+    write_contract,
+)
 from passes.gradients import BuildGradients, GradientBuilder, GradientBuildError
 from passes.inference import embed_inference_graph
 from passes.loss import LOSS_NAME, AttachLoss
@@ -196,9 +202,14 @@ def _contract(
 
 
 def _finish(model: onnx.ModelProto, values: Mapping[str, onnx.TensorProto]) -> onnx.ModelProto:
-    """Give every parameter input its initial value as a default and validate the result."""
+    """Store every state input's initial value as ``<input>.initial`` and validate the result.
+
+    State and learning-rate inputs stay required inputs (no default of their own name): a
+    runtime that hides or ignores inputs with defaults cannot silently drop the fed state.
+    """
     present = {i.name for i in model.graph.initializer}
     model.graph.initializer.extend(v for k, v in values.items() if k not in present)
+    detach_initial_values(model)
     model.ir_version = min(model.ir_version or IR_VERSION, 10)
     if not model.producer_name:
         model.producer_name = "adamax-onnx"
@@ -282,9 +293,10 @@ def build_training_model(
             lowering (the message names each op type and node).
 
     Returns:
-        A valid ONNX model. Inputs: the model's inputs, the label, then parameters and optimizer
-        state (all with defaults); outputs: ``loss``, the model's outputs, then the updated
-        parameters and state. The loss gradient is seeded with ``loss_scale``, which the update
+        A valid ONNX model. Inputs: the model's inputs, the label, then parameters, optimizer
+        state and fixed learning rates (required; initial values in ``<input>.initial``
+        initializers, see :mod:`passes.contract`); outputs: ``loss``, the model's outputs,
+        then the updated parameters and state. The loss gradient is seeded with ``loss_scale``, which the update
         divides back out.
     """
     model = load_model(model)

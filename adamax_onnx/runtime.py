@@ -32,6 +32,7 @@ from passes.contract import (
     BETA1_POWER,
     GLOBAL_STEP,
     Contract,
+    initial_values,
     lr_current_name,
     m_name,
     read_contract,
@@ -179,15 +180,15 @@ class TrainingSession:
         self._device, self._device_id = _device_of(self.providers)
         if sess_options is None:
             sess_options = ort.SessionOptions()
-            # Parameters and state are graph inputs with defaults by design; silence ORT's
-            # per-initializer warning about exactly that.
+            # Silence ORT's per-initializer warnings (unused "<input>.initial" values of a
+            # built model, defaults of inputs in older models).
             sess_options.log_severity_level = 3
         self._sess_options = sess_options
         # Parameters, state and fixed learning rates are always bound (IOBinding), so the
         # session gets the model without their initial values: onnxruntime then keeps no third
         # copy of them, and no full-size serialized model exists even transiently.
         always_bound = set(contract.state_inputs()) | set(contract.lr_inputs.values())
-        runnable = _without_initializers(self.model, always_bound)
+        runnable = _without_initializers(self.model, always_bound | set(contract.initial.values()))
         if chunk_size is None:
             chunk_size = default_chunk_size(self.providers)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
@@ -218,7 +219,7 @@ class TrainingSession:
         self._inputs = {i.name: i for i in self.session.get_inputs()}
         # Class-label inputs whose values are range-checked before a step (safety.py).
         self._label_ranges = label_ranges(self.model, contract.data_inputs)
-        defaults = {i.name: i for i in self.model.graph.initializer}
+        defaults = initial_values(self.model)
         self._state_names = contract.state_inputs()
         missing = [n for n in self._state_names if n not in defaults]
         if missing:

@@ -32,7 +32,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from passes.contract import INFERENCE_GRAPH_KEY, read_contract, updated
+from passes.contract import (
+    INFERENCE_GRAPH_KEY,
+    attach_initial_values,
+    detach_initial_values,
+    initial_values,
+    read_contract,
+    updated,
+)
 from passes.inference import embed_inference_graph, extract_inference_model
 
 from .errors import ModelError
@@ -65,9 +72,7 @@ def _training_model_and_values(source: Any) -> tuple[onnx.ModelProto, dict[str, 
     model = load_model(source)
     if is_trainable_file(model):
         model = training_model_from_trainable(model)
-    inits = {i.name: i for i in model.graph.initializer}
-    inputs = {i.name for i in model.graph.input}
-    return model, {n: numpy_helper.to_array(t) for n, t in inits.items() if n in inputs}
+    return model, {n: numpy_helper.to_array(t) for n, t in initial_values(model).items()}
 
 
 def export_trainable_model(training_model_or_session: Any, path: str | os.PathLike) -> Path:
@@ -108,6 +113,10 @@ def export_trainable_model(training_model_or_session: Any, path: str | os.PathLi
 
 
 def _to_trainable(train: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:
+    # The algorithm below reads state and learning-rate inputs as inputs with defaults.
+    defaults_form = onnx.ModelProto()
+    defaults_form.CopyFrom(train)
+    train = attach_initial_values(defaults_form)
     graph = train.graph
     state = _state_names(graph)
     contract = read_contract(train)
@@ -222,8 +231,9 @@ def _to_trainable(train: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> o
 def training_model_from_trainable(model: onnx.ModelProto) -> onnx.ModelProto:
     """The one-run-per-step training model of a file written by :func:`export_trainable_model`.
 
-    Parameters and state become graph inputs whose defaults are the stored values (so a
-    :class:`TrainingSession` resumes where the file was written); the inference graph is
+    Parameters and state become required graph inputs whose ``<input>.initial`` initializers
+    hold the stored values (so a :class:`TrainingSession` resumes where the file was written),
+    as :func:`~adamax_onnx.build_training_model` lays them out; the inference graph is
     embedded for ``predict``/``export_inference_model``.
 
     Raises:
@@ -270,4 +280,4 @@ def training_model_from_trainable(model: onnx.ModelProto) -> onnx.ModelProto:
     inference.CopyFrom(model)
     inference.ClearField("training_info")
     embed_inference_graph(train, inference)
-    return train
+    return detach_initial_values(train)

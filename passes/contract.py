@@ -16,9 +16,19 @@ first moment       ``p.adamax.m``                  ``p.adamax.m.updated``
 infinity norm      ``p.adamax.v``                  ``p.adamax.v.updated``
 global step        ``adamax.global_step`` (int64)  ``adamax.global_step.updated``
 beta1 power        ``adamax.beta1_power`` (f32)    ``adamax.beta1_power.updated``
-fixed lr, group g  ``adamax.lr.group<g>`` (f32)    (none: an input with a default)
+fixed lr, group g  ``adamax.lr.group<g>`` (f32)    (none: fed every step)
 gradient           ``p_grad`` (optimizer model)    --
 =================  ==============================  ====================================
+
+Every state and learning-rate input is a plain required input: it has no initializer of its
+own name, because runtimes treat an input with an initializer as an optional one they may
+hide or ignore (onnxruntime's JavaScript bindings do: the fed state is dropped and every step
+restarts from the defaults). Its initial value is the initializer ``<input>.initial``
+(:func:`initial_name`), which no node reads; the contract's ``initial`` maps each such input to
+it. A runner starts from those values, feeds every input ``X`` that has an output ``X.updated``
+back each step, and feeds the learning-rate inputs their current value.
+:func:`detach_initial_values` turns a model whose inputs have defaults into this form and
+:func:`attach_initial_values` back (for code that wants inputs with defaults).
 
 Two internal float32 scalars per group are named too, so a runtime can evaluate them alone
 (:func:`lr_current_name`, :func:`weight_decay_current_name`): ``adamax.group<g>.lr.current``,
@@ -48,6 +58,11 @@ __all__ = [
     "weight_decay_current_name",
     "read_contract",
     "write_contract",
+    "INITIAL_SUFFIX",
+    "initial_name",
+    "initial_values",
+    "detach_initial_values",
+    "attach_initial_values",
 ]
 
 METADATA_KEY = "adamax_onnx.contract"
@@ -55,11 +70,17 @@ INFERENCE_GRAPH_KEY = "adamax_onnx.inference_graph"
 GLOBAL_STEP = "adamax.global_step"
 BETA1_POWER = "adamax.beta1_power"
 FORMAT_VERSION = 1
+INITIAL_SUFFIX = ".initial"
 
 
 def updated(name: str) -> str:
     """Output name carrying the next value of state input ``name``."""
     return f"{name}.updated"
+
+
+def initial_name(name: str) -> str:
+    """Initializer holding the initial value of the required state or lr input ``name``."""
+    return f"{name}{INITIAL_SUFFIX}"
 
 
 def m_name(param: str) -> str:
@@ -106,6 +127,9 @@ class Contract:
         overflow: name of the bool output that is True when a step was skipped because a
             gradient held NaN/Inf (models built with ``skip_nonfinite``), else None.
         extra_state: further carried state inputs (a dynamic loss scale), bound like the rest.
+        initial: state or learning-rate input -> the initializer holding its initial value
+            (``<input>.initial``, read by no node); empty for a model whose inputs carry
+            their initial values as defaults (built by adamax-onnx before 0.2).
     """
 
     kind: str
@@ -120,6 +144,7 @@ class Contract:
     groups: list[dict] = field(default_factory=list)
     overflow: str | None = None
     extra_state: list[str] = field(default_factory=list)
+    initial: dict[str, str] = field(default_factory=dict)
     format: int = FORMAT_VERSION
 
     def state_inputs(self) -> list[str]:
@@ -152,6 +177,67 @@ def read_contract(model: onnx.ModelProto) -> Contract | None:
                 )
             return Contract(**data)
     return None
+
+
+def initial_values(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Initial value of every state and learning-rate input of a built model, by input name.
+
+    Reads ``<input>.initial`` initializers (the contract's ``initial``), or, for a model whose
+    inputs have defaults, the initializer of the input's own name.
+    """
+    contract = read_contract(model)
+    if contract is None:
+        raise ValueError("the model has no adamax_onnx.contract metadata")
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for name in contract.state_inputs() + list(contract.lr_inputs.values()):
+        source = contract.initial.get(name, name)
+        if source in inits:
+            out[name] = inits[source]
+    return out
+
+
+def detach_initial_values(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Make every state and learning-rate input required; keep its default as ``<input>.initial``.
+
+    In place (and returned). The initializer of each such input is renamed
+    :func:`initial_name` and recorded in the contract's ``initial``; nothing reads it.
+    """
+    contract = read_contract(model)
+    if contract is None:
+        raise ValueError("the model has no adamax_onnx.contract metadata")
+    names = contract.state_inputs() + list(contract.lr_inputs.values())
+    inputs = {i.name for i in model.graph.input}
+    taken = {i.name for i in model.graph.initializer} | inputs
+    taken |= {o for n in model.graph.node for o in n.output}
+    by_name = {i.name: i for i in model.graph.initializer}
+    for name in names:
+        if name not in by_name or name not in inputs:
+            continue
+        target = initial_name(name)
+        if target in taken:
+            raise ValueError(f"cannot keep the initial value of {name!r}: {target!r} is taken")
+        by_name[name].name = target
+        contract.initial[name] = target
+    write_contract(model, contract)
+    return model
+
+
+def attach_initial_values(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The inverse of :func:`detach_initial_values`: inputs get their initial values as defaults.
+
+    In place (and returned).
+    """
+    contract = read_contract(model)
+    if contract is None or not contract.initial:
+        return model
+    sources = {v: k for k, v in contract.initial.items()}
+    for init in model.graph.initializer:
+        if init.name in sources:
+            init.name = sources[init.name]
+    contract.initial = {}
+    write_contract(model, contract)
+    return model
 
 
 def _set_meta(model: onnx.ModelProto, key: str, value: str) -> None:

@@ -5,8 +5,9 @@ Run by tests/test_portability.py with the interpreter of the second virtual envi
 adamax_onnx is not importable: this is what a user's deployment does. The binding follows the
 naming contract of passes/contract.py: every graph input ``X`` with an output ``X.updated`` is
 state fed back each step (reshaped to the input's shape: chunk layout), its initial value the
-initializer of the same name; the batch inputs
-and the loss output are read from the ``adamax_onnx.contract`` metadata.
+initializer ``X.initial`` (the contract's ``initial`` map); the other inputs listed there (fixed
+learning rates) are fed their initial value every step; the batch inputs and the loss output
+are read from the ``adamax_onnx.contract`` metadata.
 
     python tests/stock_runner.py JOB.json RESULT.json
 
@@ -76,12 +77,15 @@ def run_case(case: dict) -> dict:
     outputs = {o.name for o in model.graph.output}
     state_names = [i.name for i in model.graph.input if f"{i.name}.updated" in outputs]
     inits = {i.name: i for i in model.graph.initializer}
-    state = {n: numpy_helper.to_array(inits[n]) for n in state_names}
-    # State is fed every step, so its defaults go: the ggml plugin (0.2.0) treats a graph input
-    # that has an initializer as a constant and ignores the fed value.
-    kept = [i for i in model.graph.initializer if i.name not in state]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    initial = {k: numpy_helper.to_array(inits[v]) for k, v in contract["initial"].items()}
+    state = {n: initial[n] for n in state_names}
+    fixed = {n: v for n, v in initial.items() if n not in state}  # learning rates
+    # The built model has no defaults on these inputs (the ggml plugin 0.2.0 would treat an
+    # input with an initializer as a constant and ignore the fed value): check it.
+    graph_inputs = {i.name for i in model.graph.input}
+    with_default = sorted(graph_inputs & set(inits) & set(initial))
+    if with_default:
+        raise ValueError(f"state inputs {with_default} have defaults: not the built form")
     batches = np.load(case["batches"])
     with tempfile.TemporaryDirectory() as profile_dir:
         try:
@@ -96,7 +100,7 @@ def run_case(case: dict) -> dict:
         losses = []
         start = time.perf_counter()
         for step in range(case["steps"]):
-            feeds = dict(state)
+            feeds = {**state, **fixed}
             feeds.update({k: batches[f"{step}/{k}"] for k in contract["data_inputs"]})
             out = sess.run(fetch, feeds)
             losses.append(float(out[0]))

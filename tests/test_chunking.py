@@ -17,7 +17,7 @@ import adamax_onnx as ax
 from adamax_onnx.runtime import default_chunk_size
 from models.mlp import build_mlp
 from passes.chunking import DEFAULT_CHUNK_SIZE, ChunkUpdates
-from passes.contract import updated
+from passes.contract import initial_values, updated
 from tests.reference import NumpyAdaMax
 from tests.reference import random_grads as _grads
 from tests.reference import random_params as _params
@@ -56,16 +56,17 @@ def test_pass_rewrites_each_large_parameter_into_one_scan(opt_kwargs):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     runs = [ort.InferenceSession(m.SerializeToString(), so) for m in (model, out)]
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    inits = {n: onnx.numpy_helper.to_array(t) for n, t in initial_values(model).items()}
     names = [o.name for o in model.graph.output]
     carried = [i.name for i in model.graph.input if updated(i.name) in names]
+    lrs = {n: v for n, v in inits.items() if n not in carried}  # fed as they are
     states = [{n: inits[n] for n in carried} for _ in runs]
     ref = NumpyAdaMax(params, **opt_kwargs)
     for step in range(5):
         grads = _grads(params, step)
         ref.update({k[: -len("_grad")]: v for k, v in grads.items()})
         for sess, state in zip(runs, states, strict=True):
-            got = dict(zip(names, sess.run(names, {**state, **grads}), strict=True))
+            got = dict(zip(names, sess.run(names, {**state, **lrs, **grads}), strict=True))
             for n in carried:
                 state[n] = got[updated(n)].reshape(state[n].shape)
     for k in params:

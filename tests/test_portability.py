@@ -27,7 +27,7 @@ import adamax_onnx as ax
 from models.cnn import build_cnn
 from models.mlp import build_mlp
 from models.transformer import build_transformer
-from passes.contract import updated
+from passes.contract import initial_values, updated
 from tests.venvs import venv_python
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,8 +241,7 @@ def test_reference_evaluator_one_step_matches(trained):
     )
     ref_loss = ref_sess.step(batch)
     ref_params = ref_sess.parameters()
-    inputs = {i.name for i in model.graph.input}
-    feeds = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in inputs}
+    feeds = {n: numpy_helper.to_array(t) for n, t in initial_values(model).items()}
     feeds.update(batch)
     outputs = ["loss"] + [updated(p) for p in ref_params]
     got = ReferenceEvaluator(model).run(outputs, feeds)
