@@ -92,6 +92,17 @@ def test_conv1d_no_bias():
     )
 
 
+def test_conv1d_long_kernel():
+    # more than 32 taps: dW from one Conv with dY as the kernel
+    attrs = {"group": 2, "pads": [3, 1], "strides": [2]}
+    check_op(
+        "Conv",
+        {"x": _r(2, 2, 40), "w": _r(2, 1, 33)},
+        attrs=attrs,
+        torch_fn=_conv_torch(attrs, (2, 2, 40), (2, 1, 33)),
+    )
+
+
 def test_conv3d():
     attrs = {"pads": [1, 0, 0, 0, 1, 0], "strides": [2, 1, 1], "group": 2}
     check_op(

@@ -24,6 +24,8 @@ from ..registry import rule
 
 _INT64_MIN = int(np.iinfo(np.int64).min)
 _INT64_MAX = int(np.iinfo(np.int64).max)
+#: Kernels with more taps get dW from one Conv with dY as the kernel (fewer nodes).
+_MAX_TAPS = 32
 
 # -- geometry ---------------------------------------------------------------------------------
 
@@ -148,6 +150,10 @@ def _weight_correlation(
     n_sp = len(kernel)
     rank = n_sp + 2
     cin_g, cout_g = w_dims[1], w_dims[0] // group  # dy has Cout = w_dims[0] channels
+    if int(np.prod(kernel)) > _MAX_TAPS:
+        return _weight_correlation_conv(
+            ctx, x, x_spatial, dy, cin_g, group, kernel, strides, dilations, pads
+        )
     if group == 1:
         xt = ctx.op("Transpose", x, perm=[1, 0, *range(2, rank)])  # [Cin, N, *spatial]
         dy2 = ctx.reshape(ctx.op("Transpose", dy, perm=[1, 0, *range(2, rank)]), [0, -1])
@@ -198,6 +204,59 @@ def _weight_correlation(
     if group > 1:  # [G, Cin/G, Cout/G, K] -> [G, Cout/G, Cin/G, K]
         dw = ctx.op("Transpose", dw, perm=[0, 2, 1, 3])
     return ctx.reshape(dw, [-1, cin_g, *kernel])
+
+
+def _weight_correlation_conv(ctx, x, x_spatial, dy, cin_g, group, kernel, strides, dilations, pads):
+    """dW of Conv(x, W) given dy, laid out [Cout, Cin/G, k...], for kernels of many taps.
+
+    One grouped Conv correlates x with dy: x is laid out [Cin/G, G*N, ...] (batch = input
+    channel in the group, channels = group x sample), dy [Cout, N, ...] is the kernel (G
+    groups), strides and dilations swap roles; the result [Cin/G, Cout, k'...] is cut to the
+    kernel size and transposed to W's layout.
+    """
+    n_sp = len(kernel)
+    rank = n_sp + 2
+    perm_swap = [1, 0, *range(2, rank)]
+    if group == 1:
+        xt = ctx.op("Transpose", x, perm=perm_swap)
+    else:
+        if all(d is not None for d in x_spatial):
+            grouped, batched = [-1, group, cin_g, *x_spatial], [cin_g, -1, *x_spatial]
+        else:
+            sp = ctx.shape(x, 2)
+            grouped = ctx.op("Concat", ctx.i64([-1, group, cin_g]), sp, axis=0)
+            batched = ctx.op("Concat", ctx.i64([cin_g, -1]), sp, axis=0)
+        # [N, C, ...] -> [N, G, C/G, ...] -> [C/G, G, N, ...] -> [C/G, G*N, ...]
+        x5 = ctx.reshape(x, grouped)
+        xt = ctx.reshape(ctx.op("Transpose", x5, perm=[2, 1, 0, *range(3, rank + 1)]), batched)
+    dyt = ctx.op("Transpose", dy, perm=perm_swap)
+    corr = ctx.op(
+        "Conv", xt, dyt, group=group, strides=list(dilations), dilations=list(strides), pads=pads
+    )
+    if not _fits(x_spatial, kernel, strides, dilations, pads):
+        corr = ctx.op(
+            "Slice",
+            corr,
+            ctx.i64([0] * n_sp),
+            ctx.i64(list(kernel)),
+            ctx.i64(list(range(2, rank))),
+        )
+    return ctx.op("Transpose", corr, perm=perm_swap)
+
+
+def _fits(spatial, kernel, strides, dilations, pads):
+    """Whether the weight correlation is exactly the kernel's size (no Slice needed)."""
+    n = len(kernel)
+    for a, (h, k, s, d) in enumerate(zip(spatial, kernel, strides, dilations, strict=True)):
+        if s == 1:  # (span - out) // d + 1 == k whatever the size
+            continue
+        if h is None:
+            return False
+        span = h + pads[a] + pads[n + a]
+        out = (span - (k - 1) * d - 1) // s + 1  # the forward's output size
+        if (span - (s * (out - 1) + 1)) // d + 1 != k:
+            return False
+    return True
 
 
 # -- Conv -------------------------------------------------------------------------------------
