@@ -32,6 +32,13 @@ def _same_pads(size, k, s, upper=True):
 
 CONV2D = [
     # name, x shape, w shape, attrs
+    (
+        "dilated_depthwise_s1",
+        (1, 3, 5, 5),
+        (3, 1, 2, 2),
+        {"group": 3, "dilations": [2, 2], "pads": [1, 0, 2, 1]},
+    ),
+    ("pads_past_kernel", (1, 2, 3, 3), (2, 2, 2, 2), {"pads": [2, 2, 1, 2]}),
     ("plain", (2, 2, 4, 4), (3, 2, 3, 3), {}),
     ("pads_strides", (1, 2, 6, 6), (3, 2, 3, 3), {"pads": [1, 0, 2, 1], "strides": [2, 2]}),
     ("dilations", (1, 2, 6, 5), (2, 2, 2, 3), {"dilations": [2, 1], "strides": [1, 2]}),

@@ -259,6 +259,27 @@ def _fits(spatial, kernel, strides, dilations, pads):
     return True
 
 
+def _flipped_weight(ctx, w, w_dims, group, n_sp):
+    """W [Cout, Cin/G, k...] as the kernel of its transposed Conv: [Cin, Cout/G, k...] with
+    every spatial axis reversed."""
+    cout, cin_g = w_dims[0], w_dims[1]
+    kernel = w_dims[2:]
+    if group == 1:
+        wt = ctx.op("Transpose", w, perm=[1, 0, *range(2, n_sp + 2)])
+    else:
+        w5 = ctx.reshape(w, [group, cout // group, cin_g, *kernel])
+        wt = ctx.op("Transpose", w5, perm=[0, 2, 1, *range(3, n_sp + 3)])
+        wt = ctx.reshape(wt, [group * cin_g, cout // group, *kernel])
+    return ctx.op(
+        "Slice",
+        wt,
+        ctx.i64([-1] * n_sp),
+        ctx.i64([_INT64_MIN] * n_sp),
+        ctx.i64(list(range(2, n_sp + 2))),
+        ctx.i64([-1] * n_sp),
+    )
+
+
 # -- Conv -------------------------------------------------------------------------------------
 
 
@@ -284,7 +305,15 @@ def conv(ctx, dys):
     ]
     out_sp = _check_out(ctx, ctx.y(0), out_sp)
     out = [None, None, None]
-    if ctx.needs(0):
+    full_pads = [k - 1 - p for k, p in zip(kernel_eff * 2, begins + ends, strict=True)]
+    if ctx.needs(0) and all(s == 1 for s in strides) and min(full_pads) >= 0:
+        # stride 1: a full Conv of dY with the flipped, transposed kernel (onnxruntime runs
+        # Conv faster than ConvTranspose)
+        wf = _flipped_weight(ctx, w, w_dims, group, n_sp)
+        out[0] = ctx.op(
+            "Conv", dy, wf, kernel_shape=kernel, dilations=dilations, group=group, pads=full_pads
+        )
+    elif ctx.needs(0):
         pads, opad = _back_geometry(ctx, spatial, out_sp, kernel_eff, strides, begins, ends)
         attrs = dict(strides=strides, dilations=dilations, group=group, pads=pads)
         if any(opad):
