@@ -154,7 +154,11 @@ def _weight_correlation(
         return _weight_correlation_conv(
             ctx, x, x_spatial, dy, cin_g, group, kernel, strides, dilations, pads
         )
-    if group == 1:
+    depthwise = group > 1 and cin_g == 1
+    if depthwise:  # no transposes: per tap, sum over N and L of X's slice times dY
+        xt = x
+        dy2 = dy if cout_g == 1 else ctx.reshape(dy, [0, group, cout_g, -1])
+    elif group == 1:
         xt = ctx.op("Transpose", x, perm=[1, 0, *range(2, rank)])  # [Cin, N, *spatial]
         dy2 = ctx.reshape(ctx.op("Transpose", dy, perm=[1, 0, *range(2, rank)]), [0, -1])
     else:
@@ -167,7 +171,7 @@ def _weight_correlation(
         per_group = ctx.reshape(dy, [0, group, cout_g, -1])  # [N, G, Cout/G, L]
         moved = ctx.op("Transpose", per_group, perm=[1, 0, 3, 2])  # [G, N, L, Cout/G]
         dy2 = ctx.reshape(moved, [0, -1, cout_g])  # [G, N*L, Cout/G]
-    lead = 2 if group == 1 else 3  # axes before the spatial ones
+    lead = 2 if group == 1 or depthwise else 3  # axes before the spatial ones
     xt_rank = lead + n_sp
     sp_axes = list(range(lead, xt_rank))
     if any(pads):
@@ -195,13 +199,18 @@ def _weight_correlation(
         if any(s != 1 for s in strides):
             args.append(ctx.i64(strides))
         cols = ctx.op("Slice", *args)
-        if group == 1:  # [Cout, N*L] x [Cin, N*L]^T -> [Cout, Cin]
+        if depthwise and cout_g == 1:  # [N, C, *out] * [N, C, *out] -> [C]
+            part = ctx.reduce_sum(ctx.op("Mul", cols, dy2), [0, *range(2, rank)], False)
+        elif depthwise:  # [N, C, 1, L] * [N, C, Cout/C, L] -> [C, Cout/C]
+            prod = ctx.op("Mul", ctx.reshape(cols, [0, group, 1, -1]), dy2)
+            part = ctx.reduce_sum(prod, [0, 3], False)
+        elif group == 1:  # [Cout, N*L] x [Cin, N*L]^T -> [Cout, Cin]
             part = ctx.op("Gemm", dy2, ctx.reshape(cols, [cin_g, -1]), transB=1)
         else:  # [G, Cin/G, N*L] x [G, N*L, Cout/G] -> [G, Cin/G, Cout/G]
             part = ctx.op("MatMul", ctx.reshape(cols, [group, cin_g, -1]), dy2)
-        parts.append(ctx.unsqueeze(part, [2 if group == 1 else 3]))
+        parts.append(ctx.unsqueeze(part, [-1]))
     dw = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=-1)
-    if group > 1:  # [G, Cin/G, Cout/G, K] -> [G, Cout/G, Cin/G, K]
+    if group > 1 and not depthwise:  # [G, Cin/G, Cout/G, K] -> [G, Cout/G, Cin/G, K]
         dw = ctx.op("Transpose", dw, perm=[0, 2, 1, 3])
     return ctx.reshape(dw, [-1, cin_g, *kernel])
 
