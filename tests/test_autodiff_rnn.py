@@ -16,7 +16,21 @@ T, BATCH, IN, H = 3, 2, 3, 2
 
 
 def _torch_rnn(
-    kind, x, w, r, b, h0, c0, *, direction, layout, lbr=0, lens=None, acts=None, peep=None
+    kind,
+    x,
+    w,
+    r,
+    b,
+    h0,
+    c0,
+    *,
+    direction,
+    layout,
+    lbr=0,
+    lens=None,
+    acts=None,
+    peep=None,
+    clip=None,
 ):
     """Y, Y_h, Y_c of the ONNX op, from its definition (float64 torch).
 
@@ -42,7 +56,7 @@ def _torch_rnn(
         slot = {"LSTM": 3, "GRU": 2, "RNN": 1}[kind]
         default = {"LSTM": ["sigmoid", "tanh", "tanh"], "GRU": ["sigmoid", "tanh"], "RNN": ["tanh"]}
         names = (acts or default[kind] * nd)[slot * d : slot * d + slot] + [None] * 2
-        fa, ga, ha = (getattr(torch, a.lower()) if a else None for a in names[:3])
+        fa, ga, ha = (_act(a, clip) if a else None for a in names[:3])
         c = c0[d] if c0 is not None else torch.zeros(batch, hidden, dtype=x.dtype)
         out = [None] * steps
         order = range(steps - 1, -1, -1) if rev else range(steps)
@@ -88,6 +102,14 @@ def _torch_rnn(
         y = y.permute(2, 0, 1, 3)
         yh, yc = yh.transpose(0, 1), yc.transpose(0, 1)
     return y, yh, yc
+
+
+def _act(name, clip):
+    """An activation of the ONNX op; ``clip`` bounds its input first."""
+    import torch
+
+    f = getattr(torch, name.lower())
+    return f if clip is None else (lambda a: f(a.clamp(-clip, clip)))
 
 
 def _inputs(kind, nd, layout, *, bias=True, h0=True, c0=True, peep=False, seed=0):
@@ -255,18 +277,19 @@ def test_torch_nn_agrees_with_reference():
 
 
 @pytest.mark.parametrize(
-    "attrs",
+    "kind, attrs",
     [
-        {"clip": 1.0},
-        {"activations": ["Softsign"]},
+        ("LSTM", {"clip": 1.0}),
+        ("LSTM", {"input_forget": 1}),
+        ("RNN", {"activations": ["Softsign"]}),
     ],
 )
-def test_rnn_unsupported_variants(attrs):
+def test_unsupported_variants(kind, attrs):
     from passes.autodiff.errors import GradientBuildError
 
-    inputs, order = _inputs("RNN", 1, 0)
-    with pytest.raises(GradientBuildError):
-        check_op("RNN", inputs, attrs={"hidden_size": H, **attrs}, order=order, num_outputs=2)
+    inputs, order = _inputs(kind, 1, 0)
+    with pytest.raises(GradientBuildError, match=kind):
+        check_op(kind, inputs, attrs={"hidden_size": H, **attrs}, order=order, num_outputs=2)
 
 
 def _to_layout0(model):
@@ -304,7 +327,9 @@ def _to_layout0(model):
     return model
 
 
-def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None, acts=None, peep=False):
+def _check_ort_vs_torch(
+    kind, direction, layout, outs, *, lbr=0, lens=None, acts=None, peep=False, clip=None
+):
     """Gradients run in onnxruntime (float32) vs torch autograd of the ONNX definition, for
     what central differences cannot check: onnx.reference ignores sequence_lens, and
     onnxruntime's CPU kernels refuse layout=1 (the forward node of the gradient graph is then
@@ -327,6 +352,8 @@ def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None, acts
         attrs["linear_before_reset"] = lbr
     if acts is not None:
         attrs["activations"] = acts
+    if clip is not None:
+        attrs["clip"] = clip
     nodes = [make_node(kind, order, names, **attrs)]
     keys = ("X", "W", "R", "B", "initial_h", "initial_c")
     lens_t = None if lens is None else torch.tensor(lens)
@@ -341,6 +368,7 @@ def _check_ort_vs_torch(kind, direction, layout, outs, *, lbr=0, lens=None, acts
             lens=lens_t,
             acts=acts,
             peep=tensors.get("P"),
+            clip=clip,
         )
 
     with torch.no_grad():
@@ -422,6 +450,12 @@ def test_sequence_lens(kind, lbr, direction, outs):
     peep = kind == "LSTM+P"
     kind = kind.replace("+P", "")
     _check_ort_vs_torch(kind, direction, 0, outs, lbr=lbr, lens=[2, 3], peep=peep)
+
+
+@pytest.mark.parametrize("kind, lbr", [("GRU", 0), ("GRU", 1), ("RNN", 0)])
+def test_clip(kind, lbr):
+    """clip bounds the pre-activations (onnx.reference ignores it: torch only)."""
+    _check_ort_vs_torch(kind, "bidirectional", 0, [0, 1], lbr=lbr, clip=0.6, lens=[3, 2])
 
 
 @pytest.mark.parametrize(

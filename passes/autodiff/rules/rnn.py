@@ -15,8 +15,9 @@ Handled: layout 0 and 1; directions forward, reverse, bidirectional; optional ``
 ``initial_h``, ``initial_c`` (differentiable), ``sequence_lens`` (steps past a sequence's
 length are masked: zero gradient, the state gradient passes through unchanged); outputs
 ``Y``, ``Y_h``, ``Y_c`` in any subset; GRU ``linear_before_reset`` 0 and 1; LSTM peepholes
-``P`` (differentiable); activations Sigmoid, Tanh, Relu in any slot. Unsupported: other
-activations, ``clip``, LSTM ``input_forget``.
+``P`` (differentiable); activations Sigmoid, Tanh, Relu in any slot; GRU/RNN ``clip`` (it
+bounds the pre-activations). Unsupported: other activations, LSTM ``clip`` (onnxruntime's Y
+then disagrees with its own Y_h) and LSTM ``input_forget``.
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ class _Common:
             raise Unsupported(f"direction={direction!r}")
         self.direction = direction
         self.nd = 2 if direction == "bidirectional" else 1
-        if ctx.attr("clip") is not None:
-            raise Unsupported("clip is not supported")
+        self.clip = ctx.attr("clip")
+        if self.clip is not None and kind == "LSTM":
+            raise Unsupported("clip is not supported for LSTM")
         acts = ctx.attr("activations")
         self.acts = _DEFAULT_ACTIVATIONS[kind] * self.nd
         if acts is not None:
@@ -204,6 +206,18 @@ class _Common:
         if self.lens is None:
             return v
         return self.ctx.op("Where", self.mask()[0], v, other)
+
+    def clipped(self, a):
+        """(a clipped to [-clip, clip] as the op does, the derivative of the clip) or (a, None)."""
+        if self.clip is None:
+            return a, None
+        ctx, bound = self.ctx, float(self.clip)
+        inside = ctx.op("Less", ctx.op("Abs", a), ctx.scalar(bound, self.x))
+        ind = ctx.op("Cast", inside, to=self.dtype)
+        return ctx.op("Clip", a, ctx.scalar(-bound, self.x), ctx.scalar(bound, self.x)), ind
+
+    def times(self, v, ind):
+        return v if ind is None else self.ctx.op("Mul", v, ind)
 
     def keep(self):
         """1 - mask: the state gradient passes unchanged through steps past the length."""
@@ -402,20 +416,23 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
         if rb is not None:
             rb_zr, rb_h = ctx.split(rb, [2 * H, H], 0, 2)
         hr_zr = c.steps(c.affine(hprev, H, r_zr, rb_zr), 2 * H)
-    zr = ctx.op(_ACT_OPS[fa], ctx.op("Add", xw_zr, hr_zr))
+    zr_pre, ind_zr = c.clipped(ctx.op("Add", xw_zr, hr_zr))
+    zr = ctx.op(_ACT_OPS[fa], zr_pre)
     z, r = ctx.split(zr, [H, H], -1, 2)
     if lbr:
-        hh = ctx.op(_ACT_OPS[ga], ctx.op("Add", xw_h, ctx.op("Mul", r, hr_h)))
+        h_pre, ind_h = c.clipped(ctx.op("Add", xw_h, ctx.op("Mul", r, hr_h)))
+        hh = ctx.op(_ACT_OPS[ga], h_pre)
     else:
         rh = ctx.op("Mul", r, hprev)
         a_h = ctx.op("Add", xw_h, c.steps(c.affine(rh, H, r_h, rb_h), H))
-        hh = ctx.op(_ACT_OPS[ga], a_h)
+        h_pre, ind_h = c.clipped(a_h)
+        hh = ctx.op(_ACT_OPS[ga], h_pre)
 
     # h_t = (1 - z) * hh + z * h_{t-1}
-    dzr = _dact(ctx, fa, zr, c.x)
+    dzr = c.times(_dact(ctx, fa, zr, c.x), ind_zr)
     dz, dr = ctx.split(dzr, [H, H], -1, 2)
     kz = ctx.op("Mul", ctx.op("Sub", hprev, hh), dz)
-    kh = ctx.op("Mul", ctx.op("Sub", one, z), _dact(ctx, ga, hh, c.x))
+    kh = ctx.op("Mul", ctx.op("Sub", one, z), c.times(_dact(ctx, ga, hh, c.x), ind_h))
     # Past a sequence's length: no pre-activation gradient, and z = 1 passes dh through.
     z_state = c.where_valid(z, one)
 
@@ -489,7 +506,15 @@ def _gru_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
 def _rnn_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     ctx, H = c.ctx, c.H
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
-    k = c.masked(_dact(ctx, c.acts[d], y_d, c.x))
+    hprev = _shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
+    k = _dact(ctx, c.acts[d], y_d, c.x)
+    if c.clip is not None:  # the pre-activations, for the derivative of the clip
+        bias = None
+        if c.b is not None:
+            bias = ctx.op("Add", *ctx.split(c.pick(c.b, d, 0), [c.G, c.G], 0, 2))
+        a = c.steps(c.affine(hprev, H, r_d, c.affine(c.x3, None, w_d, bias)), c.G)
+        k = c.times(k, c.clipped(a)[1])
+    k = c.masked(k)
 
     body = _Body(ctx, "rnn_grad_scan", c.dtype)
     dh_c = body.input("dh")
@@ -512,7 +537,6 @@ def _rnn_dir(c: _Common, d, reverse, y_d, dy, dyh, h0):
     if ctx.needs(1):
         out["dw"] = c.outer(da_all, c.x3, c.G, None)
     if ctx.needs(2):
-        hprev = _shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
         out["dr"] = c.outer(da_all, hprev, c.G, H)
     if ctx.needs(3):
         db = c.bias_sum(da_all)
