@@ -16,8 +16,8 @@ Handled: layout 0 and 1; directions forward, reverse, bidirectional; optional ``
 length are masked: zero gradient, the state gradient passes through unchanged); outputs
 ``Y``, ``Y_h``, ``Y_c`` in any subset; GRU ``linear_before_reset`` 0 and 1; LSTM peepholes
 ``P`` (differentiable); activations Sigmoid, Tanh, Relu in any slot; GRU/RNN ``clip`` (it
-bounds the pre-activations). Unsupported: other activations, LSTM ``clip`` (onnxruntime's Y
-then disagrees with its own Y_h) and LSTM ``input_forget``.
+bounds the pre-activations). Unsupported: other activations, LSTM ``clip`` (onnxruntime's
+first step does not match clipping the gate pre-activations) and LSTM ``input_forget``.
 """
 
 from __future__ import annotations
