@@ -1,11 +1,16 @@
 """Gradients of convolution, pooling, padding and resizing.
 
-Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad (constant
-mode), Resize (nearest and linear).
+Conv, ConvTranspose, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, Pad (constant,
+edge, reflect, wrap), Resize (nearest and linear).
 
 Geometry (window pads, output sizes, ConvTranspose output_padding) is resolved at build time
 from static spatial sizes; the batch dim stays symbolic. With stride 1 (and no ceil_mode) the
 geometry does not depend on the spatial sizes, so those may be symbolic too.
+
+Conv: dX is a Conv of dY with the flipped, transposed kernel at stride 1 (onnxruntime's Conv
+is faster than its ConvTranspose), else a ConvTranspose; dW is one product per kernel tap of
+a strided slice of X with dY (Gemm; batched MatMul per group; Mul + ReduceSum when depthwise),
+or for kernels of more than 32 taps one Conv with dY as the kernel.
 
 Ties in max pooling: the gradient goes to the one position the forward kernel reports (its
 Indices output, the first maximum of the window, as torch's max_pool does); GlobalMaxPool gives
