@@ -118,13 +118,6 @@ def _check_out(ctx, y, out_sp):
     return res
 
 
-def _spatial_shape(ctx, v, spatial):
-    """``v``'s spatial dims as an int64 tensor (a constant when static)."""
-    if all(d is not None for d in spatial):
-        return ctx.i64(list(spatial))
-    return ctx.shape(v, 2)
-
-
 def _reduce_channels(ctx, dy, rank):
     """Bias gradient: dy summed over every axis but the channel axis."""
     return ctx.reduce_sum(dy, [0, *range(2, rank)], keepdims=False)
@@ -299,7 +292,8 @@ def _flipped_weight(ctx, w, w_dims, group, n_sp):
 
 @rule("Conv", since=1)
 def conv(ctx, dys):
-    """Y = Conv(X, W) + B: dX = ConvTranspose(dY, W), dW = a correlation of X and dY."""
+    """Y = Conv(X, W) + B: dX = Conv (stride 1) or ConvTranspose of dY with W, dW = a
+    correlation of X and dY, dB = dY summed over all but the channel axis."""
     (dy,) = dys
     x, w, b = ctx.x(0), ctx.x(1), ctx.x(2)
     rank = ctx.rank(x) if ctx.dims(x) is not None else ctx.rank(w)
