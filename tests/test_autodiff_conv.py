@@ -111,13 +111,15 @@ def test_conv1d_long_kernel():
     )
 
 
-def test_conv3d():
-    attrs = {"pads": [1, 0, 0, 0, 1, 0], "strides": [2, 1, 1], "group": 2}
+@pytest.mark.parametrize("group", [1, 2])
+def test_conv3d(group):
+    attrs = {"pads": [1, 0, 0, 0, 1, 0], "strides": [2, 1, 1], "group": group}
+    ws = (2, 2 // group, 2, 2, 2)
     check_op(
         "Conv",
-        {"x": _r(1, 2, 4, 3, 3), "w": _r(2, 1, 2, 2, 2), "b": _r(2)},
+        {"x": _r(1, 2, 4, 3, 3), "w": _r(*ws), "b": _r(2)},
         attrs=attrs,
-        torch_fn=_conv_torch(attrs, (1, 2, 4, 3, 3), (2, 1, 2, 2, 2)),
+        torch_fn=_conv_torch(attrs, (1, 2, 4, 3, 3), ws),
     )
 
 
