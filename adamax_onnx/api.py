@@ -8,7 +8,9 @@ inputs and outputs are recorded as described in :mod:`passes.contract`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from passes.gradients import BuildGradients, GradientBuilder, GradientBuildError
 from passes.inference import embed_inference_graph
 from passes.loss import LOSS_NAME, AttachLoss
 from passes.lowering import LowerToStandard, UnloweredOpsError
+from passes.ties import UntieTensors
 
 from .errors import GradientError, LoweringError, ModelError
 from .loss_scale import LossScaleManager, apply_guard
@@ -78,13 +81,59 @@ def load_model(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
     return load_model_file(model)
 
 
-def trainable_params(model: onnx.ModelProto | str | Path) -> list[str]:
+# Names exporters give to tensors they made themselves (folded constants, transposed weights):
+# torch.onnx's TorchScript exporter ("onnx::MatMul_595", "/layer/Constant_output_0") and its
+# dynamo exporter ("val_68", "_val_3").
+_GENERATED_NAME = re.compile(r"^(onnx::|/)|^_?val_\d+$|::")
+
+
+def is_generated_name(name: str) -> bool:
+    """True for a tensor name an exporter generated (``val_68``, ``onnx::MatMul_595``)."""
+    return bool(_GENERATED_NAME.search(name))
+
+
+def untie(
+    model: onnx.ModelProto, keep_ties: Iterable[str] | None = None, warn: bool = True
+) -> onnx.ModelProto:
+    """``model`` with every tied tensor made a separate copy (:mod:`passes.ties`).
+
+    Ties whose shared initializer or tied tensor is named in ``keep_ties`` stay. With ``warn``,
+    one ``UserWarning`` names every tensor that was untied.
+    """
+    untier = UntieTensors(keep_ties or ())
+    result = untier(model)
+    if warn and untier.untied:
+        warnings.warn(
+            f"untied {len(untier.untied)} tensor(s) that share an initializer with another "
+            "(exporters merge equal-valued tensors and fold them into one; trained as exported, "
+            "one update would move all of them together): "
+            + "; ".join(t.describe() for t in untier.untied)
+            + ". Each is now its own copy, trained or frozen on its own; pass keep_ties=[...] "
+            "with a tensor's name to keep a tie you mean",
+            UserWarning,
+            stacklevel=3,
+        )
+    return result.model if result.modified else model
+
+
+def trainable_params(
+    model: onnx.ModelProto | str | Path, keep_ties: Iterable[str] | None = None
+) -> list[str]:
     """Names of the learnable float initializers of ``model``, in graph order.
 
+    Counted after untying (:func:`untie`, as :func:`build_training_model` does): a tensor an
+    exporter merged into another (``bn1.running_var = Identity(bn1.weight)``,
+    ``ln_f.weight = Identity(ln_1.weight)``) is listed under its own name when it is learnable
+    (and follows the initializers).
+
     Excluded: non-float initializers, scalars (rank 0: constants such as 0.5 or 1/sqrt(d)),
-    BatchNormalization running statistics, and tensors used only as shapes, bounds or sizes.
+    BatchNormalization running statistics, tensors used only as shapes, bounds or sizes, and
+    single-element tensors with an exporter-generated name (folded constants such as an
+    attention scale ``val_68``). Larger tensors with an exporter-generated name are folded
+    weights (a transposed weight, a BatchNorm folded into a Conv): they are listed, and a
+    ``UserWarning`` says they cannot be mapped back to the original model's parameters.
     """
-    model = load_model(model)
+    model = untie(load_model(model), keep_ties, warn=False)
     graph = model.graph
     frozen: set[str] = set()
     used_as_data: set[str] = set()
@@ -92,7 +141,8 @@ def trainable_params(model: onnx.ModelProto | str | Path) -> list[str]:
         slots = _FROZEN_SLOTS.get(node.op_type, set())
         for idx, name in enumerate(node.input):
             (frozen if idx in slots else used_as_data).add(name)
-    names = []
+    names: list[str] = []
+    folded: list[str] = []
     for init in graph.initializer:
         if init.data_type not in _FLOAT_TYPES or len(init.dims) == 0:
             continue
@@ -100,7 +150,21 @@ def trainable_params(model: onnx.ModelProto | str | Path) -> list[str]:
             continue
         if init.name not in used_as_data:
             continue
+        if is_generated_name(init.name):
+            if int(np.prod(init.dims)) == 1:
+                continue  # a folded constant (scale, epsilon), not a parameter
+            folded.append(f"{init.name!r} {list(init.dims)}")
         names.append(init.name)
+    if folded:
+        warnings.warn(
+            f"initializer(s) {', '.join(folded)} have exporter-generated names: weights the "
+            "exporter folded (a transposed weight, a BatchNorm folded into a Conv, ...) that "
+            "cannot be mapped back to the original model's parameters. They are trained under "
+            "these names; export without constant folding (adamax_onnx.from_torch, or "
+            "torch.onnx.export(..., do_constant_folding=False)) to train the original ones",
+            UserWarning,
+            stacklevel=2,
+        )
     return names
 
 
@@ -236,6 +300,7 @@ def build_training_model(
     bucket_size: int = DEFAULT_BUCKET_SIZE,
     chunk_size: int = 0,
     ignore_index: int | None = None,
+    keep_ties: Iterable[str] | None = None,
 ) -> onnx.ModelProto:
     """Build the one-run-per-step training model of ``model`` with ``optimizer``.
 
@@ -284,6 +349,14 @@ def build_training_model(
         ignore_index: cross entropy: the label value left out of the loss and of its mean.
             None (default): -100 (torch's default) for token-level scores (rank >= 3), none
             for ``[B, C]`` scores; an int applies to both.
+        keep_ties: names of tensors whose ties are kept. By default every tie that training
+            would corrupt is untied first (:mod:`passes.ties`: an Identity alias of an
+            initializer, e.g. ``bn1.running_var = Identity(bn1.weight)`` from torch's
+            TorchScript exporter; an initializer read by a never-trained slot, such as a
+            BatchNorm running statistic, and by a trained one; one initializer serving two
+            normalization layers), each becoming its own copy, with a ``UserWarning`` naming
+            them. An initializer read by two ordinary nodes (an embedding shared with the LM
+            head) is weight tying and is never untied.
 
     Raises:
         GradientError: an op on the path from a trained parameter to the loss has no gradient
@@ -303,6 +376,7 @@ def build_training_model(
     if not isinstance(optimizer, AdaMax):
         raise TypeError(f"optimizer must be an adamax_onnx.AdaMax, got {type(optimizer).__name__}")
     chunker = ChunkUpdates(optimizer.param_names, chunk_size)  # checks chunk_size up front
+    model = untie(model, keep_ties)
     inits = _check_params(model, optimizer)
     model_inputs = [i.name for i in model.graph.input if i.name not in inits]
     model_outputs = [o.name for o in model.graph.output]
