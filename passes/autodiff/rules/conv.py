@@ -369,8 +369,6 @@ def conv_transpose(ctx, dys):
     group = int(ctx.attr("group", 1))
     opad = [int(p) for p in ctx.attr("output_padding", [0] * n_sp)]
     kernel_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
-    if any(p >= s and p >= d for p, s, d in zip(opad, strides, dilations, strict=True)):
-        raise Unsupported("output_padding must be smaller than the stride or the dilation")
     if any(p >= s for p, s in zip(opad, strides, strict=True)):
         raise Unsupported("output_padding >= stride is not supported")
     spatial = _spatial(ctx, x, n_sp)
