@@ -1,0 +1,146 @@
+"""Record references with the Python TrainingSession for the JavaScript tests (js/test/).
+
+    .venv/bin/python js/test/make_fixtures.py [OUT]      # default: js/test/fixtures
+
+Per case ``<name>``: ``<name>.onnx`` (the built training model, default build),
+``<name>.batches.npz`` (``<step>/<input>`` arrays), ``<name>.ref.npz`` (``__losses__``, the
+overflow flags, and every carried tensor after the last step), ``<name>.ckpt.npz`` (a Python
+checkpoint after ``ckpt_step`` steps) and ``<name>.trained.onnx`` (the exported inference model
+after the last step). ``cases.json`` lists the cases with their steps and learning-rate changes.
+Deterministic: the same bytes on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import adamax_onnx as ax  # noqa: E402
+from adamax_onnx.schedules import CosineDecayLR  # noqa: E402
+from models.cnn import build_cnn  # noqa: E402
+from models.data import load_digits_split, make_token_task  # noqa: E402
+from models.mlp import build_mlp  # noqa: E402
+from models.transformer import build_transformer  # noqa: E402
+
+
+def _batches(x, y, steps, batch, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(steps):
+        idx = rng.choice(len(x), batch, replace=False)
+        out.append({"input": np.ascontiguousarray(x[idx]), "labels": y[idx]})
+    return out
+
+
+def cases():
+    xtr, ytr, _, _ = load_digits_split()
+    xim, yim, _, _ = load_digits_split(image=True)
+    tokens, tlabels = make_token_task(n=256)
+    mlp = build_mlp(hidden=(32,))
+    cnn = build_cnn()
+    tr = build_transformer()
+    frozen_tr = [p for p in ax.trainable_params(tr) if p != "attn.k.bias"]  # zero gradient
+    yield dict(
+        name="mlp",
+        model=ax.build_training_model(mlp, ax.AdaMax(ax.trainable_params(mlp), learning_rate=0.01)),
+        batches=_batches(xtr, ytr, 8, 32, 0),
+        set_lr={4: 0.005},  # TrainingSession.set_learning_rate before step 4
+    )
+    yield dict(
+        name="cnn",
+        model=ax.build_training_model(cnn, ax.AdaMax(ax.trainable_params(cnn), learning_rate=0.01)),
+        batches=_batches(xim, yim, 5, 16, 1),
+    )
+    yield dict(
+        name="transformer",
+        model=ax.build_training_model(tr, ax.AdaMax(frozen_tr, learning_rate=0.01)),
+        batches=_batches(tokens, tlabels, 5, 16, 2),
+    )
+    yield dict(
+        name="mlp_table",
+        model=ax.build_training_model(
+            mlp,
+            ax.AdaMax(
+                ax.trainable_params(mlp),
+                learning_rate=[0.02, 0.01, 0.01, 0.005, 0.005, 0.002],
+                weight_decay=0.01,
+            ),
+        ),
+        batches=_batches(xtr, ytr, 6, 32, 3),
+    )
+    yield dict(
+        name="mlp_schedule",
+        model=ax.build_training_model(
+            mlp, ax.AdaMax(ax.trainable_params(mlp), learning_rate=CosineDecayLR(0.001, 0.02, 6))
+        ),
+        batches=_batches(xtr, ytr, 6, 32, 4),
+    )
+    scale_batches = _batches(xtr, ytr, 7, 32, 5)
+    scale_batches[3]["input"] = scale_batches[3]["input"].copy()
+    scale_batches[3]["input"][0, 0] = np.nan  # an overflowing step: skipped, scale halved
+    yield dict(
+        name="mlp_loss_scale",
+        model=ax.build_training_model(
+            mlp,
+            ax.AdaMax(ax.trainable_params(mlp), learning_rate=0.01),
+            loss_scale_manager=ax.DynamicLossScaleManager(2.0**10, 2, scale_window=2),
+        ),
+        batches=scale_batches,
+    )
+
+
+def record(case, out: Path) -> dict:
+    import onnx
+
+    name = case["name"]
+    onnx.save(case["model"], str(out / f"{name}.onnx"))
+    sess = ax.TrainingSession(case["model"])
+    first = sess.contract.data_inputs[0]  # the model's own input ("input", "input_ids")
+    batches = [{first: b["input"], "labels": b["labels"]} for b in case["batches"]]
+    np.savez(
+        out / f"{name}.batches.npz",
+        **{f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()},
+    )
+    losses, overflow = [], []
+    ckpt_step = len(batches) // 2
+    for i, b in enumerate(batches):
+        if i in case.get("set_lr", {}):
+            sess.set_learning_rate(case["set_lr"][i])
+        if i == ckpt_step:
+            sess.save_checkpoint(out / f"{name}.ckpt.npz")
+        losses.append(sess.step(b))
+        overflow.append(sess.last_overflow)
+    np.savez(
+        out / f"{name}.ref.npz",
+        __losses__=np.array(losses, np.float64),
+        __overflow__=np.array(overflow),
+        **sess._all_state(),
+    )
+    sess.export_inference_model(out / f"{name}.trained.onnx")
+    return {
+        "name": name,
+        "steps": len(batches),
+        "ckpt_step": ckpt_step,
+        "set_lr": {str(k): v for k, v in case.get("set_lr", {}).items()},
+        "data_inputs": sess.contract.data_inputs,
+        "loss_scale": sess.loss_scale,
+    }
+
+
+def main(argv: list[str]) -> int:
+    out = Path(argv[0]) if argv else Path(__file__).parent / "fixtures"
+    out.mkdir(parents=True, exist_ok=True)
+    listed = [record(c, out) for c in cases()]
+    (out / "cases.json").write_text(json.dumps({"cases": listed}, indent=1))
+    print(f"fixtures: {len(listed)} cases in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
