@@ -29,6 +29,7 @@ from .errors import (
 from .loss_scale import DynamicLossScaleManager, FixedLossScaleManager
 from .optimizer import AdaMax, ParamConfig
 from .runtime import TrainingSession
+from .torch_export import from_torch
 from .trainable import export_trainable_model
 
 __version__ = "0.1.0"
@@ -46,6 +47,7 @@ __all__ = [
     "build_optimizer_model",
     "build_training_model",
     "export_trainable_model",
+    "from_torch",
     "load_model",
     "trainable_params",
     "AdamaxOnnxError",

@@ -8,6 +8,7 @@ inputs and outputs are recorded as described in :mod:`passes.contract`.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections.abc import Iterable, Mapping
@@ -32,7 +33,7 @@ from passes.gradients import BuildGradients, GradientBuilder, GradientBuildError
 from passes.inference import embed_inference_graph
 from passes.loss import LOSS_NAME, AttachLoss
 from passes.lowering import LowerToStandard, UnloweredOpsError
-from passes.ties import UntieTensors
+from passes.ties import KEEP_TIES_KEY, UntieTensors
 
 from .errors import GradientError, LoweringError, ModelError
 from .loss_scale import LossScaleManager, apply_guard
@@ -100,7 +101,11 @@ def untie(
     Ties whose shared initializer or tied tensor is named in ``keep_ties`` stay. With ``warn``,
     one ``UserWarning`` names every tensor that was untied.
     """
-    untier = UntieTensors(keep_ties or ())
+    keep = set(keep_ties or ())
+    meant = next((p.value for p in model.metadata_props if p.key == KEEP_TIES_KEY), None)
+    if meant:  # ties from_torch found in the module itself (a layer applied twice)
+        keep |= set(json.loads(meant))
+    untier = UntieTensors(keep)
     result = untier(model)
     if warn and untier.untied:
         warnings.warn(

@@ -40,7 +40,18 @@ from onnx import TensorProto
 
 from .base import GraphPass, PassResult
 
-__all__ = ["Tie", "find_ties", "UntieTensors", "NORMALIZATION_OPS", "NEVER_TRAINED_SLOTS"]
+__all__ = [
+    "Tie",
+    "find_ties",
+    "UntieTensors",
+    "NORMALIZATION_OPS",
+    "NEVER_TRAINED_SLOTS",
+    "KEEP_TIES_KEY",
+]
+
+#: ``metadata_props`` key of a JSON list of tensors whose ties are meant (written by
+#: ``adamax_onnx.from_torch`` for a layer the module applies twice; the build keeps them).
+KEEP_TIES_KEY = "adamax_onnx.keep_ties"
 
 _FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 

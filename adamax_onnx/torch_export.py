@@ -1,0 +1,203 @@
+"""``from_torch``: export a PyTorch module to ONNX the way training needs it.
+
+torch is imported only inside :func:`from_torch`; the rest of adamax-onnx never needs it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx
+
+from passes.ties import KEEP_TIES_KEY, UntieTensors
+
+from .errors import ModelError
+
+__all__ = ["from_torch"]
+
+
+def from_torch(
+    module: Any,
+    example_inputs: Any,
+    *,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    mode: str = "eval",
+    opset: int = 18,
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Export ``module`` to an ONNX model that trains like the module, and its trained names.
+
+    Exporter: torch's TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) with
+    ``do_constant_folding=False``. Measured on torch 2.13, it is the one that keeps a model
+    trainable as it is: every parameter and buffer is an initializer under its
+    ``named_parameters()`` / ``named_buffers()`` name, BatchNorm stays a BatchNormalization
+    node (not folded into the Conv), LSTM/GRU stay LSTM/GRU nodes over the original weights,
+    BatchNorm/Dropout follow ``training=TrainingMode.EVAL/TRAINING``, and ``dynamic_axes``
+    names the batch and sequence axes. Its one defect, merging initializers of equal value
+    into ``Identity`` aliases (``bn1.running_var = Identity(bn1.weight)`` in a fresh model), is
+    undone here exactly: each alias is named after the torch tensor it stands for and becomes
+    that tensor's own initializer again. The dynamo exporter (``dynamo=True``) was not chosen:
+    with its default optimizer it folds BatchNorm into the Conv, turns transposed weights into
+    unnamed constants (``val_0``, ``val_86``), makes two LayerNorms share one initializer and
+    drops a zero bias (``out_proj.bias``) from a fresh TransformerEncoderLayer; without the
+    optimizer it keeps the names but needs ``torch.export`` dims for every dynamic axis.
+
+    Args:
+        module: a ``torch.nn.Module``.
+        example_inputs: one tensor or a tuple of tensors (positional arguments of ``forward``).
+        input_names: graph input names; default: the names of ``forward``'s parameters.
+        output_names: graph output names; default ``["logits"]`` for one output, else
+            ``output0``, ``output1``, ...
+        dynamic_axes: as ``torch.onnx.export``'s; default: axis 0 of every input and output is
+            ``"batch"``, and axis 1 of an integer input of rank >= 2 (token ids) is
+            ``"sequence"``, as is axis 1 of an output of rank >= 3 with the same length.
+        mode: ``"eval"`` (default; ``module.eval()``: BatchNorm on its running statistics,
+            Dropout off) or ``"train"`` (``module.train()``: BatchNorm on batch statistics,
+            Dropout on; note that :func:`build_training_model` does not train BatchNorm in
+            training mode yet). The module's own mode and buffers are restored afterwards.
+        opset: the ONNX opset (default 18).
+
+    Returns:
+        ``(model, names)``: the ONNX model, and the names of the module's parameters that
+        require grad, in ``named_parameters()`` order (tied parameters once), ready for
+        ``AdaMax(names)``. Parameters with ``requires_grad=False`` stay in the model, frozen.
+
+    Raises:
+        ImportError: torch is not installed.
+        ModelError: a parameter or buffer the graph reads is not an initializer under its
+            own name (the export cannot be trained as the module).
+    """
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if mode not in ("eval", "train"):
+        raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    for k, a in enumerate(args):
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(f"example_inputs[{k}] must be a torch.Tensor, got {type(a).__name__}")
+    if input_names is None:
+        params = [
+            p.name
+            for p in inspect.signature(module.forward).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        input_names = params[: len(args)] if len(params) >= len(args) else None
+        if input_names is None:
+            input_names = [f"input{k}" for k in range(len(args))]
+    input_names = list(input_names)
+
+    was_training = module.training
+    saved = {n: b.detach().clone() for n, b in module.named_buffers()}
+    try:
+        module.train(mode == "train")
+        with torch.no_grad():
+            outs = module(*args)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        if output_names is None:
+            output_names = (
+                ["logits"] if len(outs) == 1 else [f"output{k}" for k in range(len(outs))]
+            )
+        output_names = list(output_names)
+        if dynamic_axes is None:
+            dynamic_axes = _default_axes(args, input_names, outs, output_names, torch)
+        _restore(module, saved)
+        buf = io.BytesIO()
+        training = (
+            torch.onnx.TrainingMode.TRAINING if mode == "train" else torch.onnx.TrainingMode.EVAL
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                args,
+                buf,
+                dynamo=False,
+                export_params=True,
+                do_constant_folding=False,
+                keep_initializers_as_inputs=False,
+                training=training,
+                opset_version=opset,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes={k: dict(v) for k, v in dynamic_axes.items()},
+            )
+    finally:
+        _restore(module, saved)
+        module.train(was_training)
+    model = onnx.load_from_string(buf.getvalue())
+
+    tensors = {n for n, _ in module.named_parameters()} | set(saved)
+    # Exporter merges (Identity aliases named after a torch tensor) are undone; any other
+    # sharing is the module's own (one layer applied twice) and is kept by the build.
+    untier = UntieTensors()
+    untier(model)
+    keep = sorted(
+        {t.source for t in untier.untied if not (t.kind == "alias" and t.tensor in tensors)}
+    )
+    model = UntieTensors(keep=keep)(model).model
+    if keep:
+        model.metadata_props.add(key=KEEP_TIES_KEY, value=json.dumps(keep))
+
+    inits = {i.name for i in model.graph.initializer}
+    read = {name for node in model.graph.node for name in node.input} | _subgraph_reads(model.graph)
+    missing = sorted(n for n in tensors if n not in inits and n in read)
+    if missing:  # pragma: no cover - the exporter options above keep every name
+        raise ModelError(f"the export reads torch tensors {missing} under other names")
+    names, unused = [], []
+    for n, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (names if n in inits and n in read else unused).append(n)
+    if unused:
+        warnings.warn(
+            f"parameters {unused} are not read by the exported graph (unused by forward for "
+            "these inputs) and are left out of the returned names",
+            UserWarning,
+            stacklevel=2,
+        )
+    return model, names
+
+
+def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= {i for n in sub.node for i in n.input} | _subgraph_reads(sub)
+    return names
+
+
+def _restore(module: Any, saved: Mapping[str, Any]) -> None:
+    import torch
+
+    with torch.no_grad():
+        for n, b in module.named_buffers():
+            if n in saved:
+                b.copy_(saved[n])
+
+
+def _default_axes(args, input_names, outs, output_names, torch) -> dict[str, dict[int, str]]:
+    axes: dict[str, dict[int, str]] = {}
+    seq_len = None
+    for name, a in zip(input_names, args, strict=False):
+        if a.dim() == 0:
+            continue
+        axes[name] = {0: "batch"}
+        if a.dim() >= 2 and not a.is_floating_point() and not a.is_complex():
+            axes[name][1] = "sequence"
+            seq_len = a.shape[1]
+    for name, o in zip(output_names, outs, strict=False):
+        if not isinstance(o, torch.Tensor) or o.dim() == 0:
+            continue
+        axes[name] = {0: "batch"}
+        if seq_len is not None and o.dim() >= 3 and o.shape[1] == seq_len:
+            axes[name][1] = "sequence"
+    return axes
