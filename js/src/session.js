@@ -325,9 +325,14 @@ export class TrainingSession {
           this._adopt(out, src);
         }
         if (this._preallocated === null) {
-          // Did onnxruntime write into our tensors (node, web on the CPU) or allocate its own?
+          // Did onnxruntime write into our tensors (node does)? If not (onnxruntime-web on the
+          // CPU leaves them as they were), run the step again letting it allocate the outputs:
+          // the inputs (the current set) are untouched, so the rerun is the same step.
           this._preallocated = probe[0] !== -1n;
-          if (!this._preallocated) this._adopt(out, src);
+          if (!this._preallocated) {
+            out = await this.session.run(runFeeds, this._fetchNames);
+            this._adopt(out, src);
+          }
         }
       }
     } finally {
