@@ -189,7 +189,8 @@ def test_cross_entropy_graph_is_small():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     grad = differentiate(model, "loss", ["x"])
     ops = [n.op_type for n in grad.graph.node[1:]]
-    assert "Softmax" not in ops and "OneHot" not in ops and len(ops) <= 9, ops
+    # 10: the token count is ReduceProd(Shape) (the engine writes Size so: every EP has them)
+    assert "Softmax" not in ops and "OneHot" not in ops and len(ops) <= 10, ops
     onnx.checker.check_model(grad, full_check=True)
 
 

@@ -174,9 +174,7 @@ def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def differentiate(
-    model: onnx.ModelProto, loss: str, params: Sequence[str]
-) -> onnx.ModelProto:
+def differentiate(model: onnx.ModelProto, loss: str, params: Sequence[str]) -> onnx.ModelProto:
     """Add ``p_grad`` outputs (d loss / d p) for every ``p`` in ``params``; see module doc.
 
     Args:
@@ -316,9 +314,10 @@ def differentiate(
             "reaches them; leave them out of the optimizer to keep them frozen"
         )
 
-    for node in emitter.nodes:
+    replaced: dict[int, ir.Value] = {}
+    for node in _common_ops(emitter, replaced):
         graph.append(node)
-    graph.outputs.extend(outputs)
+    graph.outputs.extend(replaced.get(id(o), o) for o in outputs)
     RemoveUnusedNodesPass()(ir_model)
     out = ir.serde.serialize_model(ir_model)
     # The shapes inferred for the rules stay out of the result: the caller's value_info only
@@ -328,12 +327,64 @@ def differentiate(
     return out
 
 
+def _common_ops(emitter: _Emitter, replaced: dict[int, ir.Value]) -> list[ir.Node]:
+    """The emitted nodes, with ``Sum`` as a chain of ``Add`` and ``Size`` as
+    ``ReduceProd(Shape)``: standard too, but some execution providers (the ggml plugin, for one)
+    lack them, and one such node sends a whole graph back to the CPU provider. ``replaced``
+    receives ``id(old output) -> new output`` (the new one takes the old one's name and type)."""
+    out: list[ir.Node] = []
+
+    def take_over(old: ir.Value, new: ir.Value) -> None:
+        ir.convenience.replace_all_uses_with(old, new)
+        name, old.name = old.name, None
+        new.name = name
+        if old.dtype is not None:
+            new.dtype = old.dtype
+        if old.shape is not None:
+            new.shape = old.shape
+        replaced[id(old)] = new
+
+    for node in emitter.nodes:
+        kind = node.op_type if node.domain in ("", "ai.onnx") else None
+        if kind == "Size":
+            (x,), y = node.inputs, node.outputs[0]
+            shape = ir.Node(
+                "", "Shape", [x], num_outputs=1, name=emitter.unique(f"{node.name}/shape")
+            )
+            shape.outputs[0].name = emitter.unique(f"{node.name}/shape_out")
+            prod = ir.Node(
+                "",
+                "ReduceProd",
+                [shape.outputs[0]],
+                attributes=[ir.AttrInt64("keepdims", 0)],
+                num_outputs=1,
+                name=emitter.unique(f"{node.name}/prod"),
+            )
+            take_over(y, prod.outputs[0])
+            out += [shape, prod]
+        elif kind == "Sum" and len(node.inputs) > 1:
+            acc = node.inputs[0]
+            for k, term in enumerate(node.inputs[1:], start=1):
+                add = ir.Node(
+                    "",
+                    "Add",
+                    [acc, term],
+                    num_outputs=1,
+                    name=emitter.unique(f"{node.name}/add{k}"),
+                )
+                add.outputs[0].name = emitter.unique(f"{node.name}/add{k}_out")
+                out.append(add)
+                acc = add.outputs[0]
+            take_over(node.outputs[0], acc)
+        else:
+            out.append(node)
+    return out
+
+
 def _failure(failures: list[tuple[ir.Node, str]], origin: dict[int, str]) -> GradientBuildError:
     lines = []
     for node, why in failures:
-        param = next(
-            (origin[id(v)] for v in node.inputs if v is not None and id(v) in origin), "?"
-        )
+        param = next((origin[id(v)] for v in node.inputs if v is not None and id(v) in origin), "?")
         domain = node.domain or "ai.onnx"
         label = repr(node.name) if node.name else f"(unnamed, output {node.outputs[0].name!r})"
         lines.append(
