@@ -31,6 +31,8 @@ _INT64_MIN = int(np.iinfo(np.int64).min)
 _INT64_MAX = int(np.iinfo(np.int64).max)
 #: Kernels with more taps get dW from one Conv with dY as the kernel (fewer nodes).
 _MAX_TAPS = 32
+#: Batch size assumed for cost estimates when the batch dim is symbolic.
+_BATCH_GUESS = 16
 
 # -- geometry ---------------------------------------------------------------------------------
 
@@ -178,6 +180,11 @@ def _weight_correlation(
             full[a], full[xt_rank + a] = pads[k], pads[n_sp + k]
         xt = ctx.op("Pad", xt, ctx.i64(full))
     k_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    # Small outputs with many channels (late CNN layers): stacking the taps' slices (im2col,
+    # N*L*Cin*K values) and one Gemm costs less than interleaving K products (Cout*Cin*K).
+    batch = ctx.dims(x)[0] if ctx.dims(x) and isinstance(ctx.dims(x)[0], int) else _BATCH_GUESS
+    positions = int(np.prod(out_spatial)) if all(o is not None for o in out_spatial) else None
+    im2col = group == 1 and positions is not None and batch * positions <= 2 * w_dims[0]
     parts = []
     for tap in np.ndindex(*kernel):
         starts, ends = [], []
@@ -197,6 +204,9 @@ def _weight_correlation(
         if any(s != 1 for s in strides):
             args.append(ctx.i64(strides))
         cols = ctx.op("Slice", *args)
+        if im2col:  # [Cin, 1, N, *out]
+            parts.append(ctx.unsqueeze(cols, [1]))
+            continue
         if depthwise and cout_g == 1:  # [N, C, *out] * [N, C, *out] -> [C]
             part = ctx.reduce_sum(ctx.op("Mul", cols, dy2), [0, *range(2, rank)], False)
         elif depthwise:  # [N, C, 1, L] * [N, C, Cout/C, L] -> [C, Cout/C]
@@ -207,6 +217,10 @@ def _weight_correlation(
         else:  # [G, Cin/G, N*L] x [G, N*L, Cout/G] -> [G, Cin/G, Cout/G]
             part = ctx.op("MatMul", ctx.reshape(cols, [group, cin_g, -1]), dy2)
         parts.append(ctx.unsqueeze(part, [-1]))
+    if im2col:  # [Cin, K, N, *out] -> [Cin*K, N*L]; [Cout, N*L] x [Cin*K, N*L]^T
+        stacked = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=1)
+        cols = ctx.reshape(stacked, [cin_g * len(parts), -1])
+        return ctx.reshape(ctx.op("Gemm", dy2, cols, transB=1), [-1, cin_g, *kernel])
     dw = parts[0] if len(parts) == 1 else ctx.op("Concat", *parts, axis=-1)
     if group > 1 and not depthwise:  # [G, Cin/G, Cout/G, K] -> [G, Cout/G, Cin/G, K]
         dw = ctx.op("Transpose", dw, perm=[0, 2, 1, 3])
