@@ -696,3 +696,38 @@ def test_symbolic_spatial_unsupported():
     conv = helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2])
     with pytest.raises(GradientBuildError, match="static spatial sizes"):
         _symbolic_vs_static(conv, _r(1, 2, 5, 5), {"w": _r(2, 2, 3, 3)})
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_pool_ceil_last_window_in_pad(op, opset):
+    """ceil_mode where onnx's shape inference keeps a window that onnxruntime (and torch) drop:
+    6x5 input, kernel 2, stride 2, pads 1: onnx infers 4x4, onnxruntime computes 4x3."""
+    import onnx
+    from onnx import helper
+
+    from tests.gradcheck import run_gradients
+
+    attrs = {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}
+    nodes = [
+        helper.make_node(op, ["x"], ["y"], **attrs),
+        helper.make_node("Mul", ["y", "y"], ["sq"]),
+        helper.make_node("ReduceSum", ["sq"], ["loss"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 6, 5])],
+        [helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    x = _r(2, 2, 6, 5)
+    ours, _ = run_gradients(model, {"x": x.astype(np.float32)}, ["x"])
+    t = torch.tensor(x, requires_grad=True)
+    if op == "MaxPool":
+        y = F.max_pool2d(t, 2, 2, 1, ceil_mode=True)
+    else:
+        y = F.avg_pool2d(t, 2, 2, 1, ceil_mode=True, count_include_pad=False)
+    assert y.shape[2:] == (4, 3)
+    (y * y).sum().backward()
+    np.testing.assert_allclose(ours["x"], t.grad.numpy(), rtol=1e-4, atol=1e-5)

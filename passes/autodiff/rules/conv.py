@@ -109,12 +109,16 @@ def _back_geometry(ctx, spatial, out_sp, kernel_eff, strides, begins, ends, ceil
     return pb + pe, op
 
 
-def _check_out(ctx, y, out_sp):
-    """Cross-check computed output sizes with what shape inference says; fill unknowns."""
+def _check_out(ctx, y, out_sp, ceil=False):
+    """Cross-check computed output sizes with what shape inference says; fill unknowns.
+
+    With ceil_mode, onnx's shape inference keeps a last window that would start in the end
+    padding, which onnxruntime (like torch and onnx.reference) drops: the computed size wins.
+    """
     inferred = _spatial(ctx, y, len(out_sp))
     res = []
     for mine, theirs in zip(out_sp, inferred, strict=True):
-        if mine is not None and theirs is not None and mine != theirs:
+        if mine is not None and theirs is not None and mine != theirs and not ceil:
             raise Unsupported(f"output spatial size {theirs} differs from the computed {mine}")
         res.append(mine if mine is not None else theirs)
     return res
@@ -454,7 +458,7 @@ def _pool_geometry(ctx, x, n_sp, dilations):
         None if h is None else _out_size(h, bb, e, k, s, ceil)
         for h, bb, e, k, s in zip(spatial, begins, ends, kernel_eff, strides, strict=True)
     ]
-    out_sp = _check_out(ctx, ctx.y(0), out_sp)
+    out_sp = _check_out(ctx, ctx.y(0), out_sp, ceil)
     return spatial, out_sp, kernel, kernel_eff, strides, begins, ends, ceil
 
 
@@ -566,13 +570,12 @@ def average_pool(ctx, dys):
         lo, hi = (-bb, h + e) if include_pad else (0, h)
         per_axis = ((pos >= lo) & (pos < hi)).sum(axis=1)
         counts = counts * per_axis.reshape([-1 if i == axis else 1 for i in range(n_sp)])
-    g = dy
+    planes = ctx.reshape(dy, [-1, 1, *out_sp])
     if np.any(counts != counts.flat[0]):
-        g = ctx.op("Mul", dy, ctx.const((1.0 / counts)[None, None], x))
+        planes = ctx.op("Mul", planes, ctx.const((1.0 / counts)[None, None], x))
         scale = 1.0
     else:
         scale = 1.0 / float(counts.flat[0])
-    planes = ctx.reshape(g, [-1, 1, *out_sp])
     window = ctx.const(np.full([1, 1, *kernel], scale), x)
     pads, opad = _back_geometry(ctx, spatial, out_sp, kernel_eff, strides, begins, ends, ceil)
     attrs = dict(strides=strides, dilations=dilations, pads=pads)
