@@ -12,6 +12,12 @@ export interface CreateOptions {
   ort?: OrtModule;
   /** Passed to InferenceSession.create (executionProviders, intraOpNumThreads, ...). */
   sessionOptions?: InferenceSession.SessionOptions;
+  /**
+   * Default true: the session's copy of the model takes the float state of each element type
+   * as one flat tensor (sliced and concatenated inside the graph: exact copies), so a step
+   * moves a few tensors instead of three per parameter. The model file is not changed.
+   */
+  pack?: boolean;
 }
 
 /** The roles recorded in the model's `adamax_onnx.contract` metadata (see passes/contract.py). */

@@ -57,6 +57,23 @@ function fmtDims(dims) {
   return `[${dims.map((d) => (d === null ? "?" : typeof d === "string" ? d : String(d))).join(", ")}]`;
 }
 
+function concat(parts) {
+  const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+  let pos = 0;
+  for (const p of parts) {
+    out.set(p, pos);
+    pos += p.length;
+  }
+  return out;
+}
+
+function valueInfoName(buf, f) {
+  for (const s of fields(buf, f.start, f.end)) {
+    if (s.field === 1) return new TextDecoder().decode(buf.subarray(s.start, s.end));
+  }
+  return "";
+}
+
 function decodeBase64(text) {
   const bin = atob(text);
   const out = new Uint8Array(bin.length);
@@ -73,18 +90,19 @@ export class TrainingSession {
    * @param {Uint8Array|ArrayBuffer} modelBytes the built training model (.onnx bytes).
    * @param {object} options `ort`: the onnxruntime module (`import * as ort from
    *   "onnxruntime-node"` or `"onnxruntime-web"`); `sessionOptions`: passed to
-   *   InferenceSession.create (execution providers, threads).
+   *   InferenceSession.create (execution providers, threads); `pack` (default true): float
+   *   state of one type as one flat tensor in the session (fewer tensors per run).
    */
   static async create(modelBytes, options = {}) {
     const ort = options.ort ?? (await import("onnxruntime-common"));
-    const self = new TrainingSession(ort, modelBytes);
+    const self = new TrainingSession(ort, modelBytes, options.pack ?? true);
     self.session = await ort.InferenceSession.create(self._runnable, options.sessionOptions ?? {});
     self._runnable = null;
     self._prepare();
     return self;
   }
 
-  constructor(ort, modelBytes) {
+  constructor(ort, modelBytes, pack = true) {
     if (!ort?.InferenceSession || !ort?.Tensor) {
       throw new ModelError("options.ort must be the onnxruntime module (onnxruntime-node or -web)");
     }
@@ -135,20 +153,121 @@ export class TrainingSession {
       this._initial[name] = { type: ELEM[t.dataType]?.ort, data: tensorData(bytes, t), dims: t.dims };
       drop.add(source);
     }
+    // Float state of one element type travels as one flat tensor: the session's model slices
+    // it into the state inputs and concatenates the updated state into one output (exact
+    // copies, same numbers). onnxruntime's JS bindings pay per input and output tensor, so a
+    // step then moves 3-4 tensors instead of 3 per parameter.
+    this._packs = pack ? this._planPacks() : [];
+    const packed = new Set(this._packs.flatMap((g) => g.members.map((m) => m.name)));
+    const packedOut = new Set([...packed].map(updated));
+    this._carried = [...this._packs.map((g) => g.name), ...this._stateNames.filter((n) => !packed.has(n))];
+    const extra = this._packEdits();
     this._runnable = rewrite(bytes, 0, bytes.length, (f) => {
       if (f.field === 14) return null; // metadata: onnxruntime does not need it
       if (f.field !== 7) return undefined;
+      let first = true;
       const graph = rewrite(bytes, f.start, f.end, (g) => {
+        if (g.field === 1 && first) {
+          first = false;
+          return concat([extra.head, bytes.subarray(g.tagStart, g.end)]);
+        }
+        if (g.field === 11 || g.field === 12) {
+          const name = valueInfoName(bytes, g);
+          return (g.field === 11 ? packed : packedOut).has(name) ? null : undefined;
+        }
         if (g.field !== 5) return undefined;
         const t = model.graph.initializers.find((x) => x.tagStart === g.tagStart);
         return drop.has(t.name) ? null : undefined;
       });
-      return lenField(7, graph);
+      return lenField(7, concat([graph, extra.tail]));
     });
     this._labelRanges = this._findLabelRanges();
     this._tableLimit = Object.keys(contract.tables ?? {}).length
       ? Math.min(...Object.values(contract.tables))
       : null;
+  }
+
+  _planPacks() {
+    const taken = new Set([
+      ...this._model.graph.inputs.map((i) => i.name),
+      ...this._model.graph.outputs.map((o) => o.name),
+      ...this._model.graph.initializers.map((t) => t.name),
+      ...this._model.graph.nodes.flatMap((n) => n.outputs),
+    ]);
+    const groups = new Map();
+    for (const name of this._stateNames) {
+      const init = this._initial[name];
+      if (!["float32", "float16", "float64"].includes(init.type)) continue;
+      if (!groups.has(init.type)) groups.set(init.type, []);
+      groups.get(init.type).push({ name, dims: init.dims, size: init.data.length });
+    }
+    const packs = [];
+    for (const [type, members] of groups) {
+      if (members.length < 2) continue;
+      const name = `adamax.packed.${type}`;
+      if (taken.has(name) || taken.has(updated(name)) || [...taken].some((n) => n.startsWith(`${name}/`))) continue;
+      let offset = 0;
+      for (const m of members) {
+        m.offset = offset;
+        offset += m.size;
+      }
+      packs.push({ name, type, elem: ORT_TO_ELEM[type], members, size: offset });
+    }
+    return packs;
+  }
+
+  /** Nodes, initializers, inputs and outputs that slice and gather the packed state. */
+  _packEdits() {
+    const head = new Writer();
+    const tail = new Writer();
+    const int64 = (name, values) => lenField(5, encodeTensor(name, 7, [values.length], BigInt64Array.from(values.map(BigInt))));
+    const node = (op, inputs, outputs, attrs = {}) => {
+      const w = new Writer();
+      for (const i of inputs) w.string(1, i);
+      for (const o of outputs) w.string(2, o);
+      w.string(3, `${outputs[0]}/${op}`);
+      w.string(4, op);
+      for (const [k, v] of Object.entries(attrs)) w.len(5, new Writer().string(1, k).int(3, v).int(20, 2).finish());
+      return w.finish();
+    };
+    const vinfo = (name, elem, dims) => {
+      const shape = new Writer();
+      for (const d of dims) shape.len(1, new Writer().int(1, d).finish());
+      const tensorType = new Writer().int(1, elem).len(2, shape.finish()).finish();
+      return new Writer().string(1, name).len(2, new Writer().len(1, tensorType).finish()).finish();
+    };
+    for (const g of this._packs) {
+      const p = `${g.name}/`;
+      tail.bytes(int64(`${p}axes`, [0]));
+      tail.bytes(int64(`${p}flat`, [-1]));
+      const pieces = [];
+      for (const m of g.members) {
+        tail.bytes(int64(`${p}${m.name}/start`, [m.offset]));
+        tail.bytes(int64(`${p}${m.name}/end`, [m.offset + m.size]));
+        tail.bytes(int64(`${p}${m.name}/shape`, m.dims));
+        head.len(1, node("Slice", [g.name, `${p}${m.name}/start`, `${p}${m.name}/end`, `${p}axes`], [`${p}${m.name}/flat`]));
+        head.len(1, node("Reshape", [`${p}${m.name}/flat`, `${p}${m.name}/shape`], [m.name]));
+        tail.len(1, node("Reshape", [updated(m.name), `${p}flat`], [`${p}${m.name}/updated`]));
+        pieces.push(`${p}${m.name}/updated`);
+      }
+      tail.len(1, node("Concat", pieces, [updated(g.name)], { axis: 0 }));
+      tail.len(11, vinfo(g.name, g.elem, [g.size]));
+      tail.len(12, vinfo(updated(g.name), g.elem, [g.size]));
+    }
+    return { head: head.finish(), tail: tail.finish() };
+  }
+
+  /** Per-state-name tensors viewing the packed buffers of set `k` (no copy). */
+  _refreshViews(k) {
+    const views = {};
+    for (const name of this._carried) views[name] = this._sets[k][name];
+    for (const g of this._packs) {
+      const flat = this._sets[k][g.name].data;
+      for (const m of g.members) {
+        views[m.name] = new this.ort.Tensor(g.type, flat.subarray(m.offset, m.offset + m.size), m.dims);
+      }
+    }
+    this._views[k] = views;
   }
 
   _findLabelRanges() {
@@ -173,9 +292,21 @@ export class TrainingSession {
     // Two sets of state tensors: a step reads one and writes the other (preallocated outputs),
     // then the roles flip. Per step only the batch goes in and the loss comes out.
     this._sets = [{}, {}];
-    for (const name of this._stateNames) {
-      for (const set of this._sets) set[name] = tensor(this._initial[name]);
+    for (const set of this._sets) {
+      for (const name of this._carried) {
+        const g = this._packs.find((x) => x.name === name);
+        if (!g) {
+          set[name] = tensor(this._initial[name]);
+          continue;
+        }
+        const flat = new (ELEM[g.elem].array)(g.size);
+        for (const m of g.members) flat.set(this._initial[m.name].data, m.offset);
+        set[name] = new ort.Tensor(g.type, flat, [g.size]);
+      }
     }
+    this._views = [null, null];
+    this._refreshViews(0);
+    this._refreshViews(1);
     this._lr = {};
     for (const name of this._lrNames) this._lr[name] = tensor(this._initial[name]);
     const outputs = new Map(this._model.graph.outputs.map((o) => [o.name, o]));
@@ -191,18 +322,18 @@ export class TrainingSession {
     this._feeds = [0, 1].map((src) => ({ ...this._sets[src], ...this._lr }));
     this._fetches = [0, 1].map((src) => {
       const f = {};
-      for (const name of this._stateNames) f[updated(name)] = this._sets[1 - src][name];
+      for (const name of this._carried) f[updated(name)] = this._sets[1 - src][name];
       if (this._lossName) f[this._lossName] = this._lossTensors[src];
       if (this._overflowName) f[this._overflowName] = this._overflowTensors[src];
       return f;
     });
     this._cur = 0;
-    this._globalStep = Number(this._sets[0][GLOBAL_STEP].data[0]);
+    this._globalStep = Number(this._views[0][GLOBAL_STEP].data[0]);
     this.lastOverflow = false;
     this._preallocated = null; // decided at the first step: does this runtime fill our outputs?
     this._fetchNames = Object.keys(this._fetches[0]);
     const sessInputs = new Set(this.session.inputNames);
-    const missing = [...this._stateNames, ...this._lrNames, ...this.contract.data_inputs].filter(
+    const missing = [...this._carried, ...this._lrNames, ...this.contract.data_inputs].filter(
       (n) => !sessInputs.has(n),
     );
     if (missing.length) {
@@ -348,7 +479,7 @@ export class TrainingSession {
   /** Outputs onnxruntime allocated itself become the next set (no copy). */
   _adopt(out, src) {
     const dst = 1 - src;
-    for (const name of this._stateNames) {
+    for (const name of this._carried) {
       const t = out[updated(name)];
       const want = this._sets[dst][name];
       this._sets[dst][name] =
@@ -356,6 +487,7 @@ export class TrainingSession {
           ? t
           : new this.ort.Tensor(t.type, t.data, want.dims); // chunk layout: same bytes
     }
+    this._refreshViews(dst);
     Object.assign(this._feeds[dst], this._sets[dst]);
   }
 
@@ -366,11 +498,11 @@ export class TrainingSession {
 
   get lossScale() {
     if (!this._stateNames.includes(LOSS_SCALE)) return null;
-    return Number(this._sets[this._cur][LOSS_SCALE].data[0]);
+    return Number(this._views[this._cur][LOSS_SCALE].data[0]);
   }
 
   _copy(name) {
-    const t = this._sets[this._cur][name];
+    const t = this._views[this._cur][name];
     return new this.ort.Tensor(t.type, t.data.slice(), t.dims);
   }
 
@@ -382,8 +514,8 @@ export class TrainingSession {
   /** Optimizer state: globalStep, beta1Power, m and v per parameter (+ extra: loss scale). */
   state() {
     const s = {
-      globalStep: Number(this._sets[this._cur][GLOBAL_STEP].data[0]),
-      beta1Power: Number(this._sets[this._cur][BETA1_POWER].data[0]),
+      globalStep: Number(this._views[this._cur][GLOBAL_STEP].data[0]),
+      beta1Power: Number(this._views[this._cur][BETA1_POWER].data[0]),
       m: Object.fromEntries(this.contract.params.map((p) => [p, this._copy(`${p}.adamax.m`)])),
       v: Object.fromEntries(this.contract.params.map((p) => [p, this._copy(`${p}.adamax.v`)])),
     };
@@ -411,12 +543,12 @@ export class TrainingSession {
       throw new ModelError(`unknown parameter(s) ${JSON.stringify(unknown)}; parameters are ${JSON.stringify(this.contract.params)}`);
     }
     for (const [name, t] of Object.entries(values)) {
-      const cur = this._sets[this._cur][name];
+      const cur = this._views[this._cur][name];
       if (t.type !== cur.type || t.dims.length !== cur.dims.length || t.dims.some((d, i) => d !== cur.dims[i])) {
         throw new ModelError(`parameter '${name}' must be ${cur.type}${fmtDims(cur.dims)}, got ${t.type}${fmtDims(t.dims)}`);
       }
     }
-    for (const [name, t] of Object.entries(values)) this._sets[this._cur][name].data.set(t.data);
+    for (const [name, t] of Object.entries(values)) this._views[this._cur][name].data.set(t.data);
   }
 
   /** Current fixed learning rate of each group that has one, by group index. */
@@ -444,7 +576,7 @@ export class TrainingSession {
   // -- checkpoints ----------------------------------------------------------------------------------
   /** The model fingerprint Python's TrainingSession.identity() computes (same SHA-256). */
   async identity() {
-    const cur = this._sets[0];
+    const cur = this._views[0];
     const doc = {
       kind: this._rawContract.kind,
       params: this.contract.params.map((n) => [n, [...cur[n].dims], `tensor(${ortToNumpyName(cur[n].type)})`]),
@@ -483,7 +615,7 @@ export class TrainingSession {
     if (diff.length) {
       throw new CheckpointError(`checkpoint holds tensors ${JSON.stringify(diff.sort())} that do not match this model`);
     }
-    const cur = this._sets[this._cur];
+    const cur = this._views[this._cur];
     const targets = { ...Object.fromEntries(this._stateNames.map((n) => [n, cur[n]])), ...this._lr };
     for (const [name, t] of Object.entries(targets)) {
       const a = arrays[name];
@@ -519,7 +651,7 @@ export class TrainingSession {
     const buf = this._model.buf;
     const stored = new Map(this._model.graph.initializers.map((t) => [t.name, t]));
     const params = new Set(this.contract.params);
-    const cur = this._sets[this._cur];
+    const cur = this._views[this._cur];
     const graph = rewrite(skeleton, 0, skeleton.length, (f) => {
       if (f.field !== 5) return undefined;
       let name = "";

@@ -76,3 +76,15 @@ test("a trainable file or a foreign model is refused with a clear error", async 
   await assert.rejects(TrainingSession.create(infer, { ort }), /not built by adamax-onnx/);
   await assert.rejects(TrainingSession.create(new Uint8Array([1, 2, 3]), { ort }), /not a serialized ONNX/);
 });
+
+test("packed state (the default) and one tensor per state input give the same bits", async () => {
+  for (const name of ["cnn", "mlp_loss_scale"]) {
+    const steps = await batches(name);
+    const a = await TrainingSession.create(fixture(`${name}.onnx`), { ort });
+    const b = await TrainingSession.create(fixture(`${name}.onnx`), { ort, pack: false });
+    assert.ok(a.session.inputNames.includes("adamax.packed.float32"));
+    assert.ok(!b.session.inputNames.includes("adamax.packed.float32"));
+    for (const s of steps) assert.equal(await a.step(s), await b.step(s));
+    assert.equal(worstStateDiff(a.tensors(), b.tensors()).worst, 0);
+  }
+});
