@@ -731,3 +731,40 @@ def test_pool_ceil_last_window_in_pad(op, opset):
     assert y.shape[2:] == (4, 3)
     (y * y).sum().backward()
     np.testing.assert_allclose(ours["x"], t.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_max_pool_ceil_overlapping_opset13_matches_scatter():
+    """The opset-13 tap-mask formulation with a window onnx's shape inference keeps and
+    onnxruntime drops (6x6, kernel 3, stride 2, pads 2, ceil: onnx 5x5, onnxruntime 4x4) gives
+    the opset-17 ScatterElements gradient."""
+    import onnx
+    from onnx import helper
+
+    from tests.gradcheck import run_gradients
+
+    x = _r(2, 2, 6, 6).astype(np.float32)
+    res = []
+    for opset in (13, 17):
+        nodes = [
+            helper.make_node(
+                "MaxPool",
+                ["x"],
+                ["y"],
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                pads=[2] * 4,
+                ceil_mode=1,
+            ),
+            helper.make_node("Mul", ["y", "y"], ["sq"]),
+            helper.make_node("ReduceSum", ["sq"], ["loss"], keepdims=0),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 6, 6])],
+            [helper.make_tensor_value_info("loss", onnx.TensorProto.FLOAT, [])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        res.append(run_gradients(model, {"x": x}, ["x"])[0]["x"])
+    assert np.abs(res[1]).max() > 0
+    np.testing.assert_allclose(res[0], res[1], rtol=1e-6, atol=1e-6)

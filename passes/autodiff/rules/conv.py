@@ -534,9 +534,12 @@ def max_pool(ctx, dys):
             [np.clip(p, 0, h - 1) for p, h in zip(pos, spatial, strict=True)], spatial
         )
         taps[t] = np.where(inside, flat, -1)
-    local = ctx.op("Mod", indices, ctx.i64(plane))
-    hit = ctx.op("Equal", ctx.unsqueeze(local, [2]), ctx.i64(taps))
-    routed = ctx.op("Where", hit, ctx.unsqueeze(dy, [2]), ctx.scalar(0.0, x))
+    # flat planes [N*C, 1, L] (L output positions) against the table [K, L]
+    positions = int(np.prod(out_sp))
+    local = ctx.op("Mod", ctx.reshape(indices, [-1, 1, positions]), ctx.i64(plane))
+    hit = ctx.op("Equal", local, ctx.i64(taps.reshape(taps_n, positions)))
+    dy_planes = ctx.reshape(dy, [-1, 1, positions])
+    routed = ctx.op("Where", hit, dy_planes, ctx.scalar(0.0, x))  # [N*C, K, L]
     planes = ctx.reshape(routed, [-1, taps_n, *out_sp])
     onehot = np.eye(taps_n).reshape([taps_n, 1, *kernel])
     pads, opad = _back_geometry(ctx, spatial, out_sp, kernel_eff, strides, begins, ends, ceil)
