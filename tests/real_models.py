@@ -37,29 +37,38 @@ LR = 1e-3
 
 
 # -- optional model libraries ------------------------------------------------------------------
-def import_torchvision_models() -> types.ModuleType:
-    """``torchvision.models`` without torchvision's compiled ops.
+def bare_torchvision() -> bool:
+    """Make ``import torchvision`` skip torchvision's ``__init__``; False when not installed.
 
     The PyPI torchvision wheel is a CUDA build whose C++ ops do not load beside the CPU torch
     (``operator torchvision::nms does not exist`` when ``torchvision/__init__`` registers their
-    meta kernels). The model classes need none of them: load ``torchvision`` as a bare package
-    (its ``__init__`` skipped) and import ``torchvision.models`` from it. Needs Pillow (the
-    models import ``torchvision.transforms``). Raises ImportError when torchvision is missing.
+    meta kernels). The model classes need none of them: ``torchvision`` becomes a bare package
+    from which ``torchvision.models`` imports (it needs Pillow, for ``torchvision.transforms``).
+    Done before transformers is used too: transformers imports torchvision when installed.
     """
-    if "torchvision.models" in sys.modules:
-        return sys.modules["torchvision.models"]
-    if "torchvision" not in sys.modules:
-        spec = importlib.util.find_spec("torchvision")
-        if spec is None or spec.origin is None:
-            raise ImportError("torchvision is not installed")
-        pkg = types.ModuleType("torchvision")
-        pkg.__path__ = [os.path.dirname(spec.origin)]
-        pkg.__file__ = spec.origin
-        pkg.__spec__ = spec
-        sys.modules["torchvision"] = pkg
+    if "torchvision" in sys.modules:
+        return True
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None:
+        return False
+    pkg = types.ModuleType("torchvision")
+    pkg.__path__ = [os.path.dirname(spec.origin)]
+    pkg.__file__ = spec.origin
+    pkg.__spec__ = spec
+    sys.modules["torchvision"] = pkg
+    return True
+
+
+def import_torchvision_models() -> types.ModuleType:
+    """``torchvision.models`` without torchvision's compiled ops (see :func:`bare_torchvision`)."""
+    if not bare_torchvision():
+        raise ImportError("torchvision is not installed")
     import torchvision.models as tvm
 
     return tvm
+
+
+bare_torchvision()
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -72,6 +81,17 @@ class LogitsOf(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.inner(input_ids=input_ids).logits
+
+
+class LastTokenLogits(nn.Module):
+    """A transformers LM: ``input_ids -> logits of the last position`` ([B, vocab])."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.inner(input_ids=input_ids).logits[:, -1]
 
 
 class RNNClassifier(nn.Module):
@@ -128,10 +148,10 @@ def _bert() -> nn.Module:
     return LogitsOf(BertForSequenceClassification(cfg))
 
 
-def _gpt2() -> nn.Module:
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+def _gpt2_config():
+    from transformers import GPT2Config
 
-    cfg = GPT2Config(
+    return GPT2Config(
         vocab_size=100,
         n_embd=32,
         n_layer=2,
@@ -144,7 +164,19 @@ def _gpt2() -> nn.Module:
         attn_pdrop=0.0,
         attn_implementation="eager",
     )
-    return LogitsOf(GPT2ForSequenceClassification(cfg))
+
+
+def _gpt2() -> nn.Module:
+    from transformers import GPT2ForSequenceClassification
+
+    return LogitsOf(GPT2ForSequenceClassification(_gpt2_config()))
+
+
+def _gpt2_lm() -> nn.Module:
+    """GPT2LMHeadModel: the LM head is tied to the token embedding (one parameter, two uses)."""
+    from transformers import GPT2LMHeadModel
+
+    return LastTokenLogits(GPT2LMHeadModel(_gpt2_config()))
 
 
 def _mobilenet() -> nn.Module:
@@ -210,6 +242,7 @@ CASES: dict[str, Case] = {
         Case("vit", _vit, _image, needs=("torchvision", "PIL")),
         Case("bert_seqcls", _bert, _tokens, "input_ids", needs=("transformers",)),
         Case("gpt2_seqcls", _gpt2, _tokens, "input_ids", needs=("transformers",)),
+        Case("gpt2_lm_last", _gpt2_lm, _tokens, "input_ids", 100, needs=("transformers",)),
     ]
 }
 

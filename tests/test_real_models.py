@@ -10,6 +10,7 @@ trained torch model's outputs.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import onnxruntime as ort
@@ -37,19 +38,28 @@ OUT_RTOL = 1e-4
 GRAD_RTOL = 1e-5
 GRAD_FLOOR = 1e-3
 
-# Documented looser loss tolerances: (case, exporter) -> rtol, with the measured figure.
-LOSS_RTOL_FOR: dict[tuple[str, str], float] = {}
-
-# Exporter variants known not to export (or not trainable as exported): (case, exporter) -> why.
-EXPORT_XFAIL: dict[tuple[str, str], str] = {}
+# Chaotic trajectories: case -> (steps held to LOSS_RTOL, rtol of the later steps).
+# resnet18 (11M parameters, batch 4, loss 4.4 -> 9.8 after the first update): AdaMax's first
+# update is lr * sign(g) for every element with |g| >> eps, so elements whose gradient is at
+# float32 noise level move by +-lr depending on summation order, and the trajectory diverges
+# from step 4 on. Measured over the 20 steps: torch float32 vs torch float64 8.3e-3; ONNX vs
+# torch float32 0.9e-2 to 1.35e-2 (as the Conv rules changed). Its first-step gradients agree
+# within GRAD_RTOL and its first 2 losses within LOSS_RTOL.
+CHAOTIC: dict[str, tuple[int, float]] = {"resnet18": (2, 3e-2)}
 
 EXPORTERS = ["torchscript", "dynamo"]
+
+# The two largest models run with one exporter each unless ADAMAX_REAL_MODELS_ALL=1 (each
+# variant costs ~30 s on a 2-core machine).
+ALL = os.environ.get("ADAMAX_REAL_MODELS_ALL", "") not in ("", "0")
+ONLY_WITH_ALL = {("mobilenet_v2", "torchscript"), ("resnet18", "dynamo")}
 
 
 def _params():
     for name in CASES:
         for exporter in EXPORTERS:
-            yield pytest.param(name, exporter, id=f"{name}-{exporter}")
+            if ALL or (name, exporter) not in ONLY_WITH_ALL:
+                yield pytest.param(name, exporter, id=f"{name}-{exporter}")
 
 
 @pytest.mark.parametrize(("name", "exporter"), list(_params()))
@@ -60,13 +70,12 @@ def test_train_matches_torch(name, exporter, tmp_path):
         pytest.skip(f"needs {', '.join(missing)}")
     if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
         pytest.skip("the dynamo exporter needs onnxscript")
-    if (name, exporter) in EXPORT_XFAIL:
-        pytest.xfail(EXPORT_XFAIL[name, exporter])
 
     model = build(case)
     data = batches(case, STEPS, BATCH)
     onnx_model = export(model, case, data[0][0], exporter)
     mapping = map_params(onnx_model, model)  # onnx initializer -> torch parameter
+    inverse = {p: i for i, p in mapping.items()}
 
     want_grads = torch_grads(model, *data[0])
     losses, sess, grads = train_onnx(onnx_model, case, list(mapping), data)
@@ -81,8 +90,10 @@ def test_train_matches_torch(name, exporter, tmp_path):
         err = float(np.abs(grads[iname] - want).max()) / scale
         assert err <= GRAD_RTOL, f"{name} {exporter}: gradient of {pname} off by {err:.2e}"
 
-    rtol = LOSS_RTOL_FOR.get((name, exporter), LOSS_RTOL)
-    np.testing.assert_allclose(losses, ref, rtol=rtol, atol=0, err_msg=f"{name} {exporter}")
+    strict, rtol = CHAOTIC.get(name, (STEPS, LOSS_RTOL))
+    msg = f"{name} {exporter}"
+    np.testing.assert_allclose(losses[:strict], ref[:strict], rtol=LOSS_RTOL, err_msg=msg)
+    np.testing.assert_allclose(losses, ref, rtol=rtol, atol=0, err_msg=msg)
     # the model did train (the check is not vacuous)
     assert losses[0] != losses[-1]
 
@@ -93,6 +104,11 @@ def test_train_matches_torch(name, exporter, tmp_path):
     infer = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x = case.data(2 * BATCH + 1, torch.Generator().manual_seed(99))
     (got,) = infer.run(["logits"], {case.input_name: x.numpy()})
+    if name in CHAOTIC:  # torch's own trajectory went elsewhere: torch with ONNX's weights
+        trained = sess.parameters()
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                p.copy_(torch.from_numpy(trained[inverse[pname]]))
     with torch.no_grad():
         want = model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=OUT_RTOL, atol=1e-5 * np.abs(want).max())
