@@ -14,10 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import gradients, memory, optimizer_step, training_step
+from . import gradients, memory, models, optimizer_step, training_step
 from .common import environment, fmt_ms, fmt_ratio, set_threads, table
 
-SECTIONS = ("optimizer", "training", "memory", "gradients")
+SECTIONS = ("optimizer", "training", "memory", "gradients", "models")
 DEFAULT_OUT = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -78,6 +78,39 @@ def training_table(records: list[dict]) -> str:
             ]
         )
     headers = ["model", "batch", "onnx ms", "torch ms", "onnx / torch"]
+    return table(headers, rows)
+
+
+def models_table(records: list[dict]) -> str:
+    rows = []
+    for r in records:
+        if "error" in r:
+            rows.append([r["model"], str(r["batch"]), "error", r["error"][:60], "", "", "", ""])
+            continue
+        t = {k: v["median_ms"] for k, v in r["timings"].items()}
+        m = r["memory"]
+        rows.append(
+            [
+                r["model"],
+                str(r["batch"]),
+                fmt_ms(t["adamax-onnx"]),
+                fmt_ms(t["torch"]),
+                fmt_ratio(r["ratio_vs_torch"]),
+                str(m["onnx"].get("peak_delta_mb", m["onnx"].get("error"))),
+                str(m["torch"].get("peak_delta_mb", m["torch"].get("error"))),
+                fmt_ratio(r["memory_ratio"]) if "memory_ratio" in r else "",
+            ]
+        )
+    headers = [
+        "model",
+        "batch",
+        "onnx ms",
+        "torch ms",
+        "onnx / torch",
+        "onnx peak +MiB",
+        "torch peak +MiB",
+        "memory ratio",
+    ]
     return table(headers, rows)
 
 
@@ -183,6 +216,25 @@ def targets(result: dict) -> list[tuple[str, str, bool | None]]:
                     q <= 1.0,
                 )
             )
+    for r in result.get("models", []):
+        if "error" in r:
+            out.append((f"training step {r['model']} batch {r['batch']}", r["error"], False))
+            continue
+        out.append(
+            (
+                f"training step {r['model']} batch {r['batch']}: <= 1.0x torch",
+                fmt_ratio(r["ratio_vs_torch"]),
+                r["ratio_vs_torch"] <= 1.0,
+            )
+        )
+        if "memory_ratio" in r:
+            out.append(
+                (
+                    f"peak memory {r['model']} batch {r['batch']}: <= 1.5x torch",
+                    fmt_ratio(r["memory_ratio"]),
+                    r["memory_ratio"] <= 1.5,
+                )
+            )
     grads = result.get("gradients", {})
     for r in grads.get("graph", []) if isinstance(grads.get("graph"), list) else []:
         out.append(
@@ -263,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         "training": training_step,
         "memory": memory,
         "gradients": gradients,
+        "models": models,
     }
     for section in SECTIONS:
         if section in args.only:
@@ -291,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in result:
         print("\nMemory (RSS of the TrainingSession phase, 1 thread)")
         print(memory_table(result["memory"]))
+    if "models" in result:
+        print("\nReal exported models, training step (ms) and peak memory, vs PyTorch")
+        print(models_table(result["models"]))
     if "gradients" in result:
         print("\nGradient graph (our autodiff vs onnxruntime-training 1.19.2) and build times")
         print(gradients_table(result["gradients"]))
