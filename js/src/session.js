@@ -257,6 +257,11 @@ export class TrainingSession {
     return { head: head.finish(), tail: tail.finish() };
   }
 
+  _viewsOf(k) {
+    if (!this._views[k]) this._refreshViews(k);
+    return this._views[k];
+  }
+
   /** Per-state-name tensors viewing the packed buffers of set `k` (no copy). */
   _refreshViews(k) {
     const views = {};
@@ -328,7 +333,7 @@ export class TrainingSession {
       return f;
     });
     this._cur = 0;
-    this._globalStep = Number(this._views[0][GLOBAL_STEP].data[0]);
+    this._globalStep = Number(this._viewsOf(0)[GLOBAL_STEP].data[0]);
     this.lastOverflow = false;
     this._preallocated = null; // decided at the first step: does this runtime fill our outputs?
     this._fetchNames = Object.keys(this._fetches[0]);
@@ -487,7 +492,7 @@ export class TrainingSession {
           ? t
           : new this.ort.Tensor(t.type, t.data, want.dims); // chunk layout: same bytes
     }
-    this._refreshViews(dst);
+    this._views[dst] = null; // rebuilt when read (_viewsOf): nothing allocated per step
     Object.assign(this._feeds[dst], this._sets[dst]);
   }
 
@@ -498,11 +503,11 @@ export class TrainingSession {
 
   get lossScale() {
     if (!this._stateNames.includes(LOSS_SCALE)) return null;
-    return Number(this._views[this._cur][LOSS_SCALE].data[0]);
+    return Number(this._viewsOf(this._cur)[LOSS_SCALE].data[0]);
   }
 
   _copy(name) {
-    const t = this._views[this._cur][name];
+    const t = this._viewsOf(this._cur)[name];
     return new this.ort.Tensor(t.type, t.data.slice(), t.dims);
   }
 
@@ -514,8 +519,8 @@ export class TrainingSession {
   /** Optimizer state: globalStep, beta1Power, m and v per parameter (+ extra: loss scale). */
   state() {
     const s = {
-      globalStep: Number(this._views[this._cur][GLOBAL_STEP].data[0]),
-      beta1Power: Number(this._views[this._cur][BETA1_POWER].data[0]),
+      globalStep: Number(this._viewsOf(this._cur)[GLOBAL_STEP].data[0]),
+      beta1Power: Number(this._viewsOf(this._cur)[BETA1_POWER].data[0]),
       m: Object.fromEntries(this.contract.params.map((p) => [p, this._copy(`${p}.adamax.m`)])),
       v: Object.fromEntries(this.contract.params.map((p) => [p, this._copy(`${p}.adamax.v`)])),
     };
@@ -543,12 +548,12 @@ export class TrainingSession {
       throw new ModelError(`unknown parameter(s) ${JSON.stringify(unknown)}; parameters are ${JSON.stringify(this.contract.params)}`);
     }
     for (const [name, t] of Object.entries(values)) {
-      const cur = this._views[this._cur][name];
+      const cur = this._viewsOf(this._cur)[name];
       if (t.type !== cur.type || t.dims.length !== cur.dims.length || t.dims.some((d, i) => d !== cur.dims[i])) {
         throw new ModelError(`parameter '${name}' must be ${cur.type}${fmtDims(cur.dims)}, got ${t.type}${fmtDims(t.dims)}`);
       }
     }
-    for (const [name, t] of Object.entries(values)) this._views[this._cur][name].data.set(t.data);
+    for (const [name, t] of Object.entries(values)) this._viewsOf(this._cur)[name].data.set(t.data);
   }
 
   /** Current fixed learning rate of each group that has one, by group index. */
@@ -576,7 +581,7 @@ export class TrainingSession {
   // -- checkpoints ----------------------------------------------------------------------------------
   /** The model fingerprint Python's TrainingSession.identity() computes (same SHA-256). */
   async identity() {
-    const cur = this._views[0];
+    const cur = this._viewsOf(0);
     const doc = {
       kind: this._rawContract.kind,
       params: this.contract.params.map((n) => [n, [...cur[n].dims], `tensor(${ortToNumpyName(cur[n].type)})`]),
@@ -615,7 +620,7 @@ export class TrainingSession {
     if (diff.length) {
       throw new CheckpointError(`checkpoint holds tensors ${JSON.stringify(diff.sort())} that do not match this model`);
     }
-    const cur = this._views[this._cur];
+    const cur = this._viewsOf(this._cur);
     const targets = { ...Object.fromEntries(this._stateNames.map((n) => [n, cur[n]])), ...this._lr };
     for (const [name, t] of Object.entries(targets)) {
       const a = arrays[name];
@@ -651,7 +656,7 @@ export class TrainingSession {
     const buf = this._model.buf;
     const stored = new Map(this._model.graph.initializers.map((t) => [t.name, t]));
     const params = new Set(this.contract.params);
-    const cur = this._views[this._cur];
+    const cur = this._viewsOf(this._cur);
     const graph = rewrite(skeleton, 0, skeleton.length, (f) => {
       if (f.field !== 5) return undefined;
       let name = "";
