@@ -19,7 +19,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from passes.adamax import DEFAULT_BUCKET_SIZE, AdaMaxPass
-from passes.batchnorm import BatchNormError, DecomposeBatchNorm
+from passes.batchnorm import BatchNormError, DecomposeBatchNorm, to_eval_mode
 from passes.builder import IR_VERSION, OPSET
 from passes.chunking import ChunkUpdates
 from passes.contract import (
@@ -393,7 +393,8 @@ def build_training_model(
         raise ModelError(str(exc)) from exc
     loss_name = LOSS_NAME if loss in ("cross_entropy", "mse") else loss
     try:
-        with_loss = DecomposeBatchNorm(optimizer.param_names)(with_loss).model
+        batchnorm = DecomposeBatchNorm(optimizer.param_names)
+        with_loss = batchnorm(with_loss).model
     except BatchNormError as exc:
         raise ModelError(str(exc)) from exc
     try:
@@ -419,8 +420,10 @@ def build_training_model(
     data_inputs = model_inputs + ([label] if loss in ("cross_entropy", "mse") else [])
     contract = _contract("training", optimizer, data_inputs, loss_name, model_inputs, model_outputs)
     guard.annotate(contract)
+    # running statistics of BatchNorm in training mode: state updated by every step
+    contract.extra_state += batchnorm.running_stats
     write_contract(train, contract)
-    embed_inference_graph(train, model)
+    embed_inference_graph(train, to_eval_mode(model))  # exported as torch's eval() runs it
     return _finish(train, {n: inits[n] for n in optimizer.param_names})
 
 

@@ -661,7 +661,9 @@ class TrainingSession:
         """The original inference model with the current parameter values."""
         if self.contract.kind != "training":
             raise ModelError("an optimizer model has no inference graph to export")
-        return extract_inference_model(self.model, self.parameters())
+        # with the running statistics of BatchNorm trained in training mode (extra state)
+        extra = {n: self._value(n) for n in self.contract.extra_state}
+        return extract_inference_model(self.model, {**extra, **self.parameters()})
 
     def export_inference_model(self, path: str | os.PathLike) -> Path:
         """Write the original inference graph with the trained weights to ``path``."""
@@ -676,13 +678,16 @@ class TrainingSession:
     def predict(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the inference graph on the current parameters (no update); returns its outputs."""
         if self._predictor is None:
-            model = extract_inference_model(self.model, {}, params_as_inputs=self.contract.params)
+            live = [*self.contract.params, *self.contract.extra_state]
+            model = extract_inference_model(self.model, {}, params_as_inputs=live)
             self._predictor = ort.InferenceSession(
                 model.SerializeToString(), sess_options=self._sess_options, providers=self.providers
             )
         binding = self._predictor.io_binding()
-        for name in self.contract.params:
-            binding.bind_ortvalue_input(name, self._buffers[self._cur][name])
+        bound = {i.name for i in self._predictor.get_inputs()}
+        for name in [*self.contract.params, *self.contract.extra_state]:
+            if name in bound:  # extra state the inference graph reads: running statistics
+                binding.bind_ortvalue_input(name, self._buffers[self._cur][name])
         known = set(self.contract.model_inputs)
         missing = [n for n in self.contract.model_inputs if n not in feeds]
         if missing:

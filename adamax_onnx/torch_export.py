@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import onnx
+from onnx import helper, numpy_helper
 
 from passes.ties import KEEP_TIES_KEY, UntieTensors
 
@@ -133,6 +134,13 @@ def from_torch(
         _restore(module, saved)
         module.train(was_training)
     model = onnx.load_from_string(buf.getvalue())
+    # Tracing in training mode runs forward once, which moves BatchNorm's running statistics
+    # before the exporter reads them: write back the module's values from before the export.
+    for init in model.graph.initializer:
+        if init.name in saved:
+            value = saved[init.name].cpu().numpy()
+            if list(value.shape) == list(init.dims):
+                init.CopyFrom(numpy_helper.from_array(value.astype(init_dtype(init)), init.name))
 
     tensors = {n for n, _ in module.named_parameters()} | set(saved)
     # Exporter merges (Identity aliases named after a torch tensor) are undone; any other
@@ -164,6 +172,10 @@ def from_torch(
             stacklevel=2,
         )
     return model, names
+
+
+def init_dtype(init: onnx.TensorProto):
+    return helper.tensor_dtype_to_np_dtype(init.data_type)
 
 
 def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:

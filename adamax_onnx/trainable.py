@@ -121,7 +121,8 @@ def _to_trainable(train: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> o
     state = _state_names(graph)
     contract = read_contract(train)
     assert contract is not None
-    inference = extract_inference_model(train, {p: values[p] for p in contract.params})
+    live = [*contract.params, *contract.extra_state]  # + BatchNorm running statistics
+    inference = extract_inference_model(train, {p: values[p] for p in live if p in values})
     main = inference.graph
     main_inits = {i.name: i for i in main.initializer}
     # Optimizer state joins the parameters as initializers of the inference graph.
