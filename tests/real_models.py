@@ -237,6 +237,8 @@ CASES: dict[str, Case] = {
         Case("lstm_linear_2layer", lambda: RNNClassifier("lstm", 2, False), _seq_feats),
         Case("gru_embed_2layer", lambda: RNNClassifier("gru", 2, True), _seq_ids),
         Case("gru_linear_1layer", lambda: RNNClassifier("gru", 1, False), _seq_feats),
+        Case("lstm_bidir_embed", lambda: RNNClassifier("lstm", 1, True, True), _seq_ids),
+        Case("gru_bidir_linear_2layer", lambda: RNNClassifier("gru", 2, False, True), _seq_feats),
         Case("mobilenet_v2", _mobilenet, _image, needs=("torchvision", "PIL")),
         Case("resnet18", _resnet, _image, needs=("torchvision", "PIL")),
         Case("vit", _vit, _image, needs=("torchvision", "PIL")),
