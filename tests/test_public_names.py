@@ -33,7 +33,8 @@ import pytest
 import adamax_onnx as ax
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+# ```js blocks show the JavaScript package (js/), whose TrainingSession has its own API.
+README = re.sub(r"```js\n.*?```", "", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
 
 # ``ax.X.Y`` / ``adamax_onnx.X.Y``, not inside a longer name (``torch.optim.Adamax``) and not
 # right after a quote: ``metadata_props["adamax_onnx.contract"]`` is a metadata key, a string.
