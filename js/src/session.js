@@ -99,6 +99,7 @@ export class TrainingSession {
     self.session = await ort.InferenceSession.create(self._runnable, options.sessionOptions ?? {});
     self._runnable = null;
     self._prepare();
+    self._initial = null; // copied into the session's two state sets
     return self;
   }
 
@@ -162,6 +163,7 @@ export class TrainingSession {
     const packedOut = new Set([...packed].map(updated));
     this._carried = [...this._packs.map((g) => g.name), ...this._stateNames.filter((n) => !packed.has(n))];
     const extra = this._packEdits();
+    const byStart = new Map(model.graph.initializers.map((t) => [t.tagStart, t.name]));
     this._runnable = rewrite(bytes, 0, bytes.length, (f) => {
       if (f.field === 14) return null; // metadata: onnxruntime does not need it
       if (f.field !== 7) return undefined;
@@ -176,8 +178,7 @@ export class TrainingSession {
           return (g.field === 11 ? packed : packedOut).has(name) ? null : undefined;
         }
         if (g.field !== 5) return undefined;
-        const t = model.graph.initializers.find((x) => x.tagStart === g.tagStart);
-        return drop.has(t.name) ? null : undefined;
+        return drop.has(byStart.get(g.tagStart)) ? null : undefined;
       });
       return lenField(7, concat([graph, extra.tail]));
     });
