@@ -29,6 +29,7 @@ from passes.contract import (
     lr_input_name,
     write_contract,
 )
+from passes.dropout import DropoutError, SeededDropout
 from passes.gradients import BuildGradients, GradientBuilder, GradientBuildError
 from passes.inference import embed_inference_graph
 from passes.loss import LOSS_NAME, AttachLoss
@@ -306,6 +307,7 @@ def build_training_model(
     chunk_size: int = 0,
     ignore_index: int | None = None,
     keep_ties: Iterable[str] | None = None,
+    dropout_seed: int = 0,
 ) -> onnx.ModelProto:
     """Build the one-run-per-step training model of ``model`` with ``optimizer``.
 
@@ -362,6 +364,9 @@ def build_training_model(
             normalization layers), each becoming its own copy, with a ``UserWarning`` naming
             them. An initializer read by two ordinary nodes (an embedding shared with the LM
             head) is weight tying and is never untied.
+        dropout_seed: initial value of the ``dropout.seed`` state of a model with Dropout in
+            training mode (:mod:`passes.dropout`: a fresh mask every step, drawn from the seed,
+            which each step advances; checkpointed like the optimizer state).
 
     Raises:
         GradientError: an op on the path from a trained parameter to the loss has no gradient
@@ -395,7 +400,9 @@ def build_training_model(
     try:
         batchnorm = DecomposeBatchNorm(optimizer.param_names)
         with_loss = batchnorm(with_loss).model
-    except BatchNormError as exc:
+        dropout = SeededDropout(dropout_seed)
+        with_loss = dropout(with_loss).model
+    except (BatchNormError, DropoutError) as exc:
         raise ModelError(str(exc)) from exc
     try:
         grads = BuildGradients(
@@ -420,8 +427,8 @@ def build_training_model(
     data_inputs = model_inputs + ([label] if loss in ("cross_entropy", "mse") else [])
     contract = _contract("training", optimizer, data_inputs, loss_name, model_inputs, model_outputs)
     guard.annotate(contract)
-    # running statistics of BatchNorm in training mode: state updated by every step
-    contract.extra_state += batchnorm.running_stats
+    # running statistics of BatchNorm in training mode, the Dropout seed: state of every step
+    contract.extra_state += batchnorm.running_stats + dropout.state
     write_contract(train, contract)
     embed_inference_graph(train, to_eval_mode(model))  # exported as torch's eval() runs it
     return _finish(train, {n: inits[n] for n in optimizer.param_names})

@@ -277,14 +277,21 @@ def to_eval_mode(model: onnx.ModelProto) -> onnx.ModelProto:
     identity (its ``training_mode`` input removed). Other nodes are unchanged."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    read = {i for n in out.graph.node for i in n.input} | {o.name for o in out.graph.output}
     for node in out.graph.node:
         if node.op_type == "BatchNormalization":
             keep = [a for a in node.attribute if a.name != "training_mode"]
             del node.attribute[:]
             node.attribute.extend(keep)
             del node.output[1:]
-        elif node.op_type == "Dropout" and len(node.input) > 2:
-            del node.input[2:]
+        elif node.op_type == "Dropout":
+            if len(node.output) > 1 and node.output[1] and node.output[1] in read:
+                del node.input[2:]  # the mask is read: an inference-mode Dropout (all ones)
+            else:  # absent: the identity
+                node.op_type = "Identity"
+                del node.input[1:]
+                del node.output[1:]
+                del node.attribute[:]
     return out
 
 

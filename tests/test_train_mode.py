@@ -1,19 +1,23 @@
 """Training-mode semantics (torch's ``train()``): BatchNorm on batch statistics with running
 statistics carried as state, updated in the same run with the node's momentum (torch's unbiased
 variance), checkpointed, and written into the exported inference model (which runs as
-``eval()``).
+``eval()``); Dropout with a fresh mask every step drawn from a seed kept as state, compared with
+torch with the same masks, and absent from the exported inference model.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 import adamax_onnx as ax
+from passes.dropout import dropout_keep
 from tests.test_ties import FreshCNN
 from tests.torch_adamax import TorchAdaMax
 
@@ -143,3 +147,117 @@ def test_running_statistics_update(momentum):
 def test_running_statistic_outputs_read_by_the_model_are_refused():
     with pytest.raises(ax.ModelError, match=r"running-statistic outputs \['rm'\]"):
         ax.build_training_model(_bn_graph(read_stats=True), ax.AdaMax(["s", "b"]), loss="mse")
+
+
+# -- Dropout: a fresh mask every step from the seed state ------------------------------------
+class DropMLP(nn.Module):
+    """Linear-ReLU-Dropout-Linear-BatchNorm-Dropout-Linear; ``masks`` replaces torch's RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.drop1 = nn.Dropout(0.3)
+        self.fc2 = nn.Linear(16, 12)
+        self.bn = nn.BatchNorm1d(12)
+        self.drop2 = nn.Dropout(0.5)
+        self.fc3 = nn.Linear(12, 4)
+        self.masks = None  # (mask1, mask2) numpy bool arrays, or None: torch's own dropout
+
+    def _drop(self, h, module, k):
+        if self.masks is None or not self.training:
+            return module(h)
+        return h * torch.from_numpy(self.masks[k]).to(h.dtype) / (1.0 - module.p)
+
+    def forward(self, x):
+        h = self._drop(torch.relu(self.fc1(x)), self.drop1, 0)
+        h = self._drop(self.bn(self.fc2(h)), self.drop2, 1)
+        return self.fc3(h)
+
+
+def test_dropout_training_mode_masks_from_the_seed(tmp_path):
+    torch.manual_seed(0)
+    net = DropMLP()
+    net.fc2.bias.requires_grad_(False)  # zero true gradient under BatchNorm (see _cnn)
+    model, names = ax.from_torch(net, torch.randn(4, 6), mode="train")
+    assert sum(n.op_type == "Dropout" for n in model.graph.node) == 2
+    train = ax.build_training_model(model, ax.AdaMax(names, learning_rate=LR), dropout_seed=5)
+    assert not any(n.op_type == "Dropout" for n in train.graph.node)
+    sess = ax.TrainingSession(train)
+    assert sess.contract.extra_state[-1] == "dropout.seed"
+    gen = torch.Generator().manual_seed(2)
+    batch = 8
+    data = [
+        (torch.randn(batch, 6, generator=gen), torch.randint(0, 4, (batch,), generator=gen))
+        for _ in range(STEPS)
+    ]
+    losses = [float(sess.step({"x": x.numpy(), "labels": y.numpy()})) for x, y in data]
+    assert int(sess.state()["extra"]["dropout.seed"]) == 5 + STEPS
+
+    net.train()
+    opt = TorchAdaMax([p for p in net.parameters() if p.requires_grad], learning_rate=LR)
+    ref = []
+    for step, (x, y) in enumerate(data):
+        seed = 5 + step
+        net.masks = (
+            dropout_keep((batch, 16), 0.3, seed, node=0),
+            dropout_keep((batch, 12), 0.5, seed, node=1),
+        )
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        ref.append(loss.item())
+    np.testing.assert_allclose(losses, ref, rtol=RTOL, atol=0)
+
+    # the exported inference model has no Dropout and runs as eval()
+    net.eval()
+    path = sess.export_inference_model(tmp_path / "trained.onnx")
+    exported = onnx.load(str(path))
+    assert not any(n.op_type == "Dropout" for n in exported.graph.node)
+    x = torch.randn(5, 6)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()}
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_dropout_masks_are_fresh_deterministic_and_checkpointed(tmp_path):
+    torch.manual_seed(0)
+    model, names = ax.from_torch(DropMLP(), torch.randn(4, 6), mode="train")
+    train = ax.build_training_model(model, ax.AdaMax(names), loss="mse", output="logits")
+    rng = np.random.default_rng(0)
+    data = [
+        (rng.standard_normal((8, 6)).astype(np.float32), np.zeros((8, 4), np.float32))
+        for _ in range(6)
+    ]
+
+    def run(sess, batches):
+        return [float(sess.step({"x": x, "labels": y})) for x, y in batches]
+
+    a, b = ax.TrainingSession(train), ax.TrainingSession(train)
+    first = run(a, data[:3])
+    a.save_checkpoint(tmp_path / "ckpt")
+    rest = run(a, data[3:])
+    assert run(b, data) == first + rest  # same seed, same masks
+    c = ax.TrainingSession(train)
+    c.load_checkpoint(tmp_path / "ckpt")
+    assert run(c, data[3:]) == rest  # the seed is restored with the checkpoint
+    # the same batch twice gives two different masks (a fresh mask every step)
+    d = ax.TrainingSession(train)
+    x, y = data[0]
+    assert float(d.step({"x": x, "labels": y})) != float(d.step({"x": x, "labels": y}))
+    # statistically: the keep rate is 1 - ratio, masks of consecutive seeds independent
+    masks = [dropout_keep((400, 250), 0.3, s) for s in range(4)]
+    for m in masks:
+        assert abs(m.mean() - 0.7) < 0.005
+    for m0, m1 in zip(masks, masks[1:], strict=False):
+        assert abs((m0 == m1).mean() - 0.58) < 0.005
+
+
+def test_dropout_training_mode_needs_opset_18():
+    torch.manual_seed(0)
+    net = DropMLP()
+    model, names = ax.from_torch(net, torch.randn(4, 6), mode="train", opset=17)
+    with pytest.raises(ax.ModelError, match=r"BitwiseXor \(opset 18\).*opset 17"):
+        ax.build_training_model(model, ax.AdaMax(names))
