@@ -83,6 +83,10 @@ def test_a_runner_that_does_not_feed_state_gets_an_error(train):
     feeds[initial_name("adamax.global_step")] = feeds.pop("adamax.global_step")
     with pytest.raises(Exception, match="adamax.global_step"):
         sess.run(None, feeds)
+    # ... even next to every required input
+    feeds["adamax.global_step"] = feeds[initial_name("adamax.global_step")]
+    with pytest.raises(Exception, match=r"Invalid input name: adamax\.global_step\.initial"):
+        sess.run(None, feeds)
 
 
 def test_the_literal_recipe_trains_like_training_session(train):
