@@ -15,6 +15,7 @@ and initializers can be mapped back to torch parameters by value where names dif
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import io
 import os
@@ -110,12 +111,17 @@ class RNNClassifier(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Conv-BN-ReLU-MaxPool x2, global average pool, Linear."""
+    """Conv-BN-ReLU-MaxPool x2, global average pool, Linear.
 
-    def __init__(self) -> None:
+    ``conv_bias``: the first Conv's bias. Before a train-mode BatchNorm its true gradient is
+    zero, and AdaMax turns float noise there into updates of a fraction of lr (the trained
+    models then differ for honest reasons): the train-mode case goes without it.
+    """
+
+    def __init__(self, conv_bias: bool = True) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
+            nn.Conv2d(3, 8, 3, padding=1, bias=conv_bias),
             nn.BatchNorm2d(8),
             nn.ReLU(),
             nn.MaxPool2d(2),
@@ -227,12 +233,14 @@ class Case:
     input_name: str = "input"
     num_classes: int = 10
     needs: tuple[str, ...] = field(default=())  # importable modules it needs
+    train_mode: bool = False  # exported and trained in train() mode (BatchNorm batch statistics)
 
 
 CASES: dict[str, Case] = {
     c.name: c
     for c in [
         Case("small_cnn_bn", SmallCNN, _image),
+        Case("small_cnn_bn_trainmode", lambda: SmallCNN(False), _image, train_mode=True),
         Case("lstm_embed_1layer", lambda: RNNClassifier("lstm", 1, True), _seq_ids),
         Case("lstm_linear_2layer", lambda: RNNClassifier("lstm", 2, False), _seq_feats),
         Case("gru_embed_2layer", lambda: RNNClassifier("gru", 2, True), _seq_ids),
@@ -282,8 +290,30 @@ def build(case: Case, seed: int = 0) -> nn.Module:
 def export(
     model: nn.Module, case: Case, example: torch.Tensor, exporter: str, opset: int = OPSET
 ) -> onnx.ModelProto:
-    """``torch.onnx.export`` in a trainable form; ``exporter`` is "torchscript" or "dynamo"."""
-    model.eval()
+    """``torch.onnx.export`` in a trainable form; ``exporter`` is "torchscript" or "dynamo".
+
+    In train mode the tracing forward updates BatchNorm's running statistics, and the export
+    holds the updated values: the buffers are put back, in the model and in the export.
+    """
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    model.train(case.train_mode)
+    try:
+        out = _export(model, case, example, exporter, opset)
+        for init in out.graph.initializer:
+            if init.name in saved and saved[init.name].is_floating_point():
+                init.CopyFrom(numpy_helper.from_array(saved[init.name].numpy(), init.name))
+        return out
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(saved[n])
+        model.eval()
+
+
+def _export(
+    model: nn.Module, case: Case, example: torch.Tensor, exporter: str, opset: int
+) -> onnx.ModelProto:
+    mode = torch.onnx.TrainingMode.TRAINING if case.train_mode else torch.onnx.TrainingMode.EVAL
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -295,6 +325,7 @@ def export(
                 dynamo=False,
                 export_params=True,
                 do_constant_folding=False,
+                training=mode,
                 opset_version=opset,
                 input_names=[case.input_name],
                 output_names=["logits"],
@@ -372,9 +403,10 @@ def batches(case: Case, steps: int, batch: int, seed: int = 1):
     return out
 
 
-def train_torch(model: nn.Module, data, lr: float = LR) -> list[float]:
-    """``len(data)`` steps of mean cross-entropy + MindSpore AdaMax on ``model`` (in place)."""
-    model.eval()
+def train_torch(model: nn.Module, data, lr: float = LR, train_mode: bool = False) -> list[float]:
+    """``len(data)`` steps of mean cross-entropy + MindSpore AdaMax on ``model`` (in place);
+    left in eval mode."""
+    model.train(train_mode)
     opt = TorchAdaMax(model.parameters(), learning_rate=lr)
     losses = []
     for x, y in data:
@@ -383,16 +415,37 @@ def train_torch(model: nn.Module, data, lr: float = LR) -> list[float]:
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    model.eval()
     return losses
 
 
-def torch_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, np.ndarray]:
-    """Gradients of the mean cross-entropy at the current parameters (left cleared)."""
+def torch_grads(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, train_mode: bool = False
+) -> dict[str, np.ndarray]:
+    """Gradients of the mean cross-entropy at the current parameters (float64 numpy arrays).
+
+    ``model`` is left as it was: gradients cleared, buffers (BatchNorm's running statistics)
+    restored, eval mode. A float64 copy of the model gives the float64 reference gradients.
+    """
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    model.train(train_mode)
     model.zero_grad(set_to_none=True)
     nn.functional.cross_entropy(model(x), y).backward()
-    grads = {n: p.grad.detach().numpy().copy() for n, p in model.named_parameters()}
+    grads = {n: p.grad.detach().double().numpy().copy() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            b.copy_(saved[n])
     return grads
+
+
+def torch_grads64(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, train_mode: bool = False
+) -> dict[str, np.ndarray]:
+    """:func:`torch_grads` of a float64 copy of ``model`` (the float32 model is untouched)."""
+    model64 = copy.deepcopy(model).double()
+    return torch_grads(model64, x.double() if x.is_floating_point() else x, y, train_mode)
 
 
 def train_onnx(model: onnx.ModelProto, case: Case, names: list[str], data, lr: float = LR):

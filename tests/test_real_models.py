@@ -25,6 +25,7 @@ from tests.real_models import (
     map_params,
     missing_modules,
     torch_grads,
+    torch_grads64,
     train_onnx,
     train_torch,
 )
@@ -37,6 +38,7 @@ LOSS_RTOL = 1e-5
 OUT_RTOL = 1e-4
 GRAD_RTOL = 1e-5
 GRAD_FLOOR = 1e-3
+GRAD_NOISE = 10.0
 
 # Chaotic trajectories: case -> (steps held to LOSS_RTOL, rtol of the later steps).
 # resnet18 (11M parameters, batch 4, loss 4.4 -> 9.8 after the first update): AdaMax's first
@@ -54,10 +56,16 @@ EXPORTERS = ["torchscript", "dynamo"]
 ALL = os.environ.get("ADAMAX_REAL_MODELS_ALL", "") not in ("", "0")
 ONLY_WITH_ALL = {("mobilenet_v2", "torchscript"), ("resnet18", "dynamo")}
 
+# torch 2.13's dynamo exporter writes BatchNorm of a train() model in inference form (running
+# statistics, no training_mode): not the function torch trains.
+NOT_EXPORTABLE = {("small_cnn_bn_trainmode", "dynamo")}
+
 
 def _params():
     for name in CASES:
         for exporter in EXPORTERS:
+            if (name, exporter) in NOT_EXPORTABLE:
+                continue
             if ALL or (name, exporter) not in ONLY_WITH_ALL:
                 yield pytest.param(name, exporter, id=f"{name}-{exporter}")
 
@@ -77,18 +85,24 @@ def test_train_matches_torch(name, exporter, tmp_path):
     mapping = map_params(onnx_model, model)  # onnx initializer -> torch parameter
     inverse = {p: i for i, p in mapping.items()}
 
-    want_grads = torch_grads(model, *data[0])
+    grads32 = torch_grads(model, *data[0], train_mode=case.train_mode)
+    grads64 = torch_grads64(model, *data[0], train_mode=case.train_mode)
     losses, sess, grads = train_onnx(onnx_model, case, list(mapping), data)
-    ref = train_torch(model, data)
+    ref = train_torch(model, data, train_mode=case.train_mode)
 
-    # First-step gradients, each tensor against its own scale (floored at GRAD_FLOOR of the
-    # largest: tensors with a zero true gradient hold only float noise).
-    top = max(float(np.abs(g).max()) for g in want_grads.values())
+    # First-step gradients against torch's float64 ones, each tensor on its own scale (floored
+    # at GRAD_FLOOR of the largest): within GRAD_RTOL, or no worse than GRAD_NOISE times torch's
+    # own float32 error (tensors whose true gradient is zero, e.g. a Conv bias before a
+    # train-mode BatchNorm or an attention key bias, hold float noise only).
+    top = max(float(np.abs(g).max()) for g in grads64.values())
     for iname, pname in mapping.items():
-        want = want_grads[pname]
+        want = grads64[pname]
         scale = max(float(np.abs(want).max()), GRAD_FLOOR * top)
         err = float(np.abs(grads[iname] - want).max()) / scale
-        assert err <= GRAD_RTOL, f"{name} {exporter}: gradient of {pname} off by {err:.2e}"
+        err32 = float(np.abs(grads32[pname] - want).max()) / scale
+        assert err <= max(GRAD_RTOL, GRAD_NOISE * err32), (
+            f"{name} {exporter}: gradient of {pname} off by {err:.2e} (torch float32: {err32:.2e})"
+        )
 
     strict, rtol = CHAOTIC.get(name, (STEPS, LOSS_RTOL))
     msg = f"{name} {exporter}"
