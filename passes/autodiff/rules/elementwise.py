@@ -26,8 +26,14 @@ def _mul_const(ctx, v, c: float, like):
 
 
 def _where0(ctx, cond, v, like):
-    """``v`` where ``cond``, else 0."""
-    return ctx.op("Where", cond, v, ctx.scalar(0.0, like))
+    """``v`` where ``cond``, else 0, computed as ``v * float(cond)``.
+
+    onnxruntime's CPU ``Where`` runs on one thread through its generic three-way broadcast:
+    about 9x the time of ``Cast`` + ``Mul`` on a [8, 16, 32, 32] ReLU gradient (0.51 vs 0.06
+    ms), and ReLU/Clip gradients are on every CNN's path. The product differs from ``Where``
+    only where ``v`` is NaN/Inf at a masked position (NaN instead of 0), i.e. when the loss
+    itself is already non-finite."""
+    return ctx.op("Mul", v, ctx.op("Cast", cond, to=ctx.dtype(like)))
 
 
 # -- arithmetic -----------------------------------------------------------------------------
