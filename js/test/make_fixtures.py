@@ -7,7 +7,7 @@ Per case ``<name>``: ``<name>.onnx`` (the built training model, default build),
 overflow flags, and every carried tensor after the last step), ``<name>.ckpt.npz`` (a Python
 checkpoint after ``ckpt_step`` steps) and ``<name>.trained.onnx`` (the exported inference model
 after the last step). ``cases.json`` lists the cases with their steps and learning-rate changes.
-Deterministic: the same bytes on every run.
+Deterministic: the same models, batches and numbers on every run.
 """
 
 from __future__ import annotations
