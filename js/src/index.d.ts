@@ -8,8 +8,8 @@ export interface OrtModule {
 }
 
 export interface CreateOptions {
-  /** The onnxruntime module to run with (default: the registered backends of onnxruntime-common). */
-  ort?: OrtModule;
+  /** The onnxruntime module to run with: `import * as ort from "onnxruntime-node"` (or -web). */
+  ort: OrtModule;
   /** Passed to InferenceSession.create (executionProviders, intraOpNumThreads, ...). */
   sessionOptions?: InferenceSession.SessionOptions;
   /**
@@ -49,7 +49,7 @@ export interface OptimizerState {
 
 /** Train a model built by adamax-onnx: one InferenceSession.run per step, as in Python. */
 export class TrainingSession {
-  static create(modelBytes: Uint8Array | ArrayBuffer, options?: CreateOptions): Promise<TrainingSession>;
+  static create(modelBytes: Uint8Array | ArrayBuffer, options: CreateOptions): Promise<TrainingSession>;
   readonly contract: Contract;
   readonly session: InferenceSession;
   /** True when the last step was skipped (a NaN/Inf gradient; models built with skip_nonfinite). */

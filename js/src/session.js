@@ -94,8 +94,10 @@ export class TrainingSession {
    *   state of one type as one flat tensor in the session (fewer tensors per run).
    */
   static async create(modelBytes, options = {}) {
-    const ort = options.ort ?? (await import("onnxruntime-common"));
-    const self = new TrainingSession(ort, modelBytes, options.pack ?? true);
+    // The module is passed in, not imported: onnxruntime-node (CommonJS) and an ESM import of
+    // onnxruntime-common are two instances with two backend registries.
+    const self = new TrainingSession(options.ort, modelBytes, options.pack ?? true);
+    const ort = options.ort;
     self.session = await ort.InferenceSession.create(self._runnable, options.sessionOptions ?? {});
     self._runnable = null;
     self._prepare();
@@ -105,7 +107,10 @@ export class TrainingSession {
 
   constructor(ort, modelBytes, pack = true) {
     if (!ort?.InferenceSession || !ort?.Tensor) {
-      throw new ModelError("options.ort must be the onnxruntime module (onnxruntime-node or -web)");
+      throw new ModelError(
+        "options.ort must be the onnxruntime module: TrainingSession.create(bytes, { ort }) with " +
+          '`import * as ort from "onnxruntime-node"` (or "onnxruntime-web")',
+      );
     }
     this.ort = ort;
     const bytes = modelBytes instanceof Uint8Array ? modelBytes : new Uint8Array(modelBytes);

@@ -88,3 +88,7 @@ test("packed state (the default) and one tensor per state input give the same bi
     assert.equal(worstStateDiff(a.tensors(), b.tensors()).worst, 0);
   }
 });
+
+test("without options.ort: a clear error", async () => {
+  await assert.rejects(TrainingSession.create(fixture("mlp.onnx")), /options.ort must be the onnxruntime module/);
+});
