@@ -201,10 +201,19 @@ class DecomposeBatchNorm(GraphPass):
         def channel(name: str, what: str) -> str:
             return g.op("Reshape", [name, per_channel], f"{label}.{what}")
 
-        batch_mean = g.op("ReduceMean", [x, axes], f"{label}.batch_mean", keepdims=1)
+        # ReduceMean takes its axes as an input from opset 18, as an attribute before.
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        axis_list = [0, *range(2, rank)]
+
+        def mean_over_batch(t: str, name: str) -> str:
+            if opset >= 18:
+                return g.op("ReduceMean", [t, axes], name, keepdims=1)
+            return g.op("ReduceMean", [t], name, axes=axis_list, keepdims=1)
+
+        batch_mean = mean_over_batch(x, f"{label}.batch_mean")
         centered = g.op("Sub", [x, batch_mean], f"{label}.centered")
         squared = g.op("Mul", [centered, centered], f"{label}.centered_sq")
-        batch_var = g.op("ReduceMean", [squared, axes], f"{label}.batch_var", keepdims=1)
+        batch_var = mean_over_batch(squared, f"{label}.batch_var")
         eps = g.const(epsilon, dtype=dtype, name=f"{label}.epsilon")
         std = g.op("Sqrt", [g.op("Add", [batch_var, eps], f"{label}.var_eps")], f"{label}.std")
         normed = g.op("Div", [centered, std], f"{label}.normalized")

@@ -513,10 +513,26 @@ def test_batchnorm_decomposition_matches_batchnorm():
     np.testing.assert_allclose(got, formula, rtol=1e-5, atol=1e-5)
 
 
-def test_batchnorm_training_mode_and_trained_statistics_are_refused():
-    model, _ = _bn_model(training_mode=1)
-    with pytest.raises(BatchNormError, match="'bn' is in training mode"):
-        DecomposeBatchNorm()(model)
+def test_batchnorm_training_mode_decomposes_on_batch_statistics():
+    """Training mode (torch's train()) normalizes with the batch's statistics; the running
+    statistics are updated as state elsewhere (tests/test_train_mode.py)."""
+    model, vals = _bn_model(training_mode=1)
+    decomposed = DecomposeBatchNorm()(model).model
+    assert all(n.op_type != "BatchNormalization" for n in decomposed.graph.node)
+    # The running-statistic outputs become state updates in build_training_model; here, Y only.
+    keep = [o for o in decomposed.graph.output if o.name == "Y"]
+    del decomposed.graph.output[:]
+    decomposed.graph.output.extend(keep)
+    x = RNG.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    got = run(decomposed, {"X": x})[0]
+    r = (-1, 1, 1)
+    mean = x.mean(axis=(0, 2, 3)).reshape(r)
+    var = x.var(axis=(0, 2, 3)).reshape(r)
+    want = (x - mean) / np.sqrt(var + 1e-3) * vals["scale"].reshape(r) + vals["bias"].reshape(r)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_trained_statistics_are_refused():
     model, _ = _bn_model()
     with pytest.raises(BatchNormError, match=r"\['mean'\] are running statistics"):
         DecomposeBatchNorm(["scale", "mean"])(model)
