@@ -197,9 +197,10 @@ export function tensorData(buf, header) {
 }
 
 function parseNode(buf, range) {
-  const node = { inputs: [], outputs: [], opType: "", domain: "", attrs: {} };
+  const node = { name: "", inputs: [], outputs: [], opType: "", domain: "", attrs: {} };
   for (const f of fields(buf, range.start, range.end)) {
-    if (f.field === 1) node.inputs.push(str(buf, f));
+    if (f.field === 3) node.name = str(buf, f);
+    else if (f.field === 1) node.inputs.push(str(buf, f));
     else if (f.field === 2) node.outputs.push(str(buf, f));
     else if (f.field === 4) node.opType = str(buf, f);
     else if (f.field === 7) node.domain = str(buf, f);

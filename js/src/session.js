@@ -199,6 +199,7 @@ export class TrainingSession {
       ...this._model.graph.outputs.map((o) => o.name),
       ...this._model.graph.initializers.map((t) => t.name),
       ...this._model.graph.nodes.flatMap((n) => n.outputs),
+      ...this._model.graph.nodes.map((n) => n.name),
     ]);
     const groups = new Map();
     for (const name of this._stateNames) {
@@ -227,11 +228,13 @@ export class TrainingSession {
     const head = new Writer();
     const tail = new Writer();
     const int64 = (name, values) => lenField(5, encodeTensor(name, 7, [values.length], BigInt64Array.from(values.map(BigInt))));
+    let prefix = "";
+    let count = 0;
     const node = (op, inputs, outputs, attrs = {}) => {
       const w = new Writer();
       for (const i of inputs) w.string(1, i);
       for (const o of outputs) w.string(2, o);
-      w.string(3, `${outputs[0]}/${op}`);
+      w.string(3, `${prefix}node${count++}`); // the pack's prefix: no name of the model starts so
       w.string(4, op);
       for (const [k, v] of Object.entries(attrs)) w.len(5, new Writer().string(1, k).int(3, v).int(20, 2).finish());
       return w.finish();
@@ -244,6 +247,7 @@ export class TrainingSession {
     };
     for (const g of this._packs) {
       const p = `${g.name}/`;
+      prefix = p;
       tail.bytes(int64(`${p}axes`, [0]));
       tail.bytes(int64(`${p}flat`, [-1]));
       const pieces = [];
@@ -661,7 +665,8 @@ export class TrainingSession {
     const skeleton = decodeBase64(payload.graph);
     const buf = this._model.buf;
     const stored = new Map(this._model.graph.initializers.map((t) => [t.name, t]));
-    const params = new Set(this.contract.params);
+    // parameters, and extra state the inference graph reads (BatchNorm running statistics)
+    const params = new Set([...this.contract.params, ...(this.contract.extra_state ?? [])]);
     const cur = this._viewsOf(this._cur);
     const graph = rewrite(skeleton, 0, skeleton.length, (f) => {
       if (f.field !== 5) return undefined;

@@ -25,7 +25,7 @@ sess.save_checkpoint(out)
 print(sess.global_step)
 `;
 
-for (const name of ["mlp", "cnn", "transformer", "mlp_loss_scale"]) {
+for (const name of ["mlp", "cnn", "cnn_bn_dropout", "transformer", "mlp_loss_scale"]) {
   test(`${name}: Python checkpoint -> JS -> Python -> JS`, async () => {
     const c = (await import("./helpers.js")).CASES.find((x) => x.name === name);
     const steps = await batches(name);

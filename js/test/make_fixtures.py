@@ -21,6 +21,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+import onnx  # noqa: E402
+from onnx import helper, numpy_helper, version_converter  # noqa: E402
+
 import adamax_onnx as ax  # noqa: E402
 from adamax_onnx.schedules import CosineDecayLR  # noqa: E402
 from models.cnn import build_cnn  # noqa: E402
@@ -36,6 +39,36 @@ def _batches(x, y, steps, batch, seed):
         idx = rng.choice(len(x), batch, replace=False)
         out.append({"input": np.ascontiguousarray(x[idx]), "labels": y[idx]})
     return out
+
+
+def cnn_bn_dropout_train_mode() -> onnx.ModelProto:
+    """The CNN with BatchNormalization in training mode (running statistics are state) and a
+    Dropout in training mode after its first ReLU (the int64 dropout.seed is state), opset 18."""
+    m = version_converter.convert_version(build_cnn(batchnorm=True), 18)
+    g = m.graph
+    for node in g.node:
+        if node.op_type == "BatchNormalization":
+            node.attribute.append(helper.make_attribute("training_mode", 1))
+    idx, relu = next((i, n) for i, n in enumerate(g.node) if n.op_type == "Relu")
+    out = relu.output[0]
+    relu.output[0] = f"{out}.pre_dropout"
+    # ratio and training_mode as Constant nodes, as torch exports them (an initializer there
+    # trips the inference export: the Dropout pass leaves no value for it in the training model)
+    consts = [
+        helper.make_node(
+            "Constant",
+            [],
+            ["dropout.ratio"],
+            value=numpy_helper.from_array(np.array(0.2, np.float32)),
+        ),
+        helper.make_node(
+            "Constant", [], ["dropout.training"], value=numpy_helper.from_array(np.array(True))
+        ),
+        helper.make_node("Dropout", [relu.output[0], "dropout.ratio", "dropout.training"], [out]),
+    ]
+    for k, node in enumerate(consts):
+        g.node.insert(idx + 1 + k, node)
+    return m
 
 
 def cases():
@@ -56,6 +89,15 @@ def cases():
         name="cnn",
         model=ax.build_training_model(cnn, ax.AdaMax(ax.trainable_params(cnn), learning_rate=0.01)),
         batches=_batches(xim, yim, 5, 16, 1),
+    )
+    bn = cnn_bn_dropout_train_mode()
+    # conv1.bias feeds a BatchNorm in training mode: its gradient is identically zero, so its
+    # AdaMax steps are rounding noise made full size (frozen, as attn.k.bias below)
+    bn_params = [p for p in ax.trainable_params(bn) if p != "conv1.bias"]
+    yield dict(
+        name="cnn_bn_dropout",
+        model=ax.build_training_model(bn, ax.AdaMax(bn_params, learning_rate=0.01)),
+        batches=_batches(xim, yim, 5, 16, 6),
     )
     yield dict(
         name="transformer",
@@ -96,8 +138,6 @@ def cases():
 
 
 def record(case, out: Path) -> dict:
-    import onnx
-
     name = case["name"]
     onnx.save(case["model"], str(out / f"{name}.onnx"))
     sess = ax.TrainingSession(case["model"])
