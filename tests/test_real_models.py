@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from adamax_onnx.errors import GradientError
 from tests.real_models import (
     CASES,
     batches,
@@ -61,13 +62,26 @@ ONLY_WITH_ALL = {("mobilenet_v2", "torchscript"), ("resnet18", "dynamo")}
 NOT_EXPORTABLE = {("small_cnn_bn_trainmode", "dynamo")}
 
 
+# Gaps of the gradient rules found by this suite (the build raises GradientError): expected
+# failures until the rule lands (not strict: a fix shows as XPASS; any other error still fails).
+_SEQ = "no gradient rule for SplitToSequence/SequenceAt (dynamo's split of GPT-2's qkv)"
+KNOWN_GAPS = {
+    ("vit", "torchscript"): "Gather (axis 0, scalar index) on a tensor of unknown rank "
+    "(nn.MultiheadAttention's unflatten/squeeze as exported by TorchScript)",
+    ("gpt2_seqcls", "dynamo"): _SEQ,
+    ("gpt2_lm_last", "dynamo"): _SEQ,
+}
+
+
 def _params():
     for name in CASES:
         for exporter in EXPORTERS:
             if (name, exporter) in NOT_EXPORTABLE:
                 continue
             if ALL or (name, exporter) not in ONLY_WITH_ALL:
-                yield pytest.param(name, exporter, id=f"{name}-{exporter}")
+                gap = KNOWN_GAPS.get((name, exporter))
+                marks = [pytest.mark.xfail(raises=GradientError, reason=gap)] if gap else []
+                yield pytest.param(name, exporter, id=f"{name}-{exporter}", marks=marks)
 
 
 @pytest.mark.parametrize(("name", "exporter"), list(_params()))
