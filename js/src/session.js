@@ -57,6 +57,16 @@ function fmtDims(dims) {
   return `[${dims.map((d) => (d === null ? "?" : typeof d === "string" ? d : String(d))).join(", ")}]`;
 }
 
+/**
+ * float16 data as its bits: onnxruntime-web turns a float16 tensor's Uint16Array into a
+ * Float16Array where the browser has one, and copying between the two would convert values.
+ */
+function bits(data) {
+  return data?.constructor?.name === "Float16Array"
+    ? new Uint16Array(data.buffer, data.byteOffset, data.length)
+    : data;
+}
+
 function concat(parts) {
   const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
   let pos = 0;
@@ -563,7 +573,7 @@ export class TrainingSession {
         throw new ModelError(`parameter '${name}' must be ${cur.type}${fmtDims(cur.dims)}, got ${t.type}${fmtDims(t.dims)}`);
       }
     }
-    for (const [name, t] of Object.entries(values)) this._viewsOf(this._cur)[name].data.set(t.data);
+    for (const [name, t] of Object.entries(values)) bits(this._viewsOf(this._cur)[name].data).set(bits(t.data));
   }
 
   /** Current fixed learning rate of each group that has one, by group index. */
@@ -646,7 +656,7 @@ export class TrainingSession {
         `checkpoint is inconsistent: its metadata says step ${meta.global_step} but its global_step tensor holds ${step}`,
       );
     }
-    for (const [name, t] of Object.entries(targets)) t.data.set(arrays[name].data);
+    for (const [name, t] of Object.entries(targets)) bits(t.data).set(bits(arrays[name].data));
     this._globalStep = step;
   }
 

@@ -123,6 +123,21 @@ def cases():
         ),
         batches=_batches(xtr, ytr, 6, 32, 4),
     )
+    rng = np.random.default_rng(7)
+    mixed = {
+        "w16": rng.standard_normal((4, 16)).astype(np.float16),
+        "w32": rng.standard_normal((16,)).astype(np.float32),
+    }
+    yield dict(
+        name="optimizer_mixed",  # build_optimizer_model: float16 and float32, gradients fed
+        model=ax.build_optimizer_model(
+            ax.AdaMax(list(mixed), learning_rate=0.01, weight_decay=0.01), mixed
+        ),
+        batches=[
+            {f"{k}_grad": rng.standard_normal(v.shape).astype(v.dtype) for k, v in mixed.items()}
+            for _ in range(6)
+        ],
+    )
     scale_batches = _batches(xtr, ytr, 7, 32, 5)
     scale_batches[3]["input"] = scale_batches[3]["input"].copy()
     scale_batches[3]["input"][0, 0] = np.nan  # an overflowing step: skipped, scale halved
@@ -141,8 +156,11 @@ def record(case, out: Path) -> dict:
     name = case["name"]
     onnx.save(case["model"], str(out / f"{name}.onnx"))
     sess = ax.TrainingSession(case["model"])
+    training = sess.contract.kind == "training"
     first = sess.contract.data_inputs[0]  # the model's own input ("input", "input_ids")
-    batches = [{first: b["input"], "labels": b["labels"]} for b in case["batches"]]
+    batches = case["batches"]
+    if training:
+        batches = [{first: b["input"], "labels": b["labels"]} for b in batches]
     np.savez(
         out / f"{name}.batches.npz",
         **{f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()},
@@ -154,7 +172,8 @@ def record(case, out: Path) -> dict:
             sess.set_learning_rate(case["set_lr"][i])
         if i == ckpt_step:
             sess.save_checkpoint(out / f"{name}.ckpt.npz")
-        losses.append(sess.step(b))
+        loss = sess.step(b)
+        losses.append(np.nan if loss is None else loss)
         overflow.append(sess.last_overflow)
     np.savez(
         out / f"{name}.ref.npz",
@@ -162,9 +181,11 @@ def record(case, out: Path) -> dict:
         __overflow__=np.array(overflow),
         **sess._all_state(),
     )
-    sess.export_inference_model(out / f"{name}.trained.onnx")
+    if training:
+        sess.export_inference_model(out / f"{name}.trained.onnx")
     return {
         "name": name,
+        "kind": sess.contract.kind,
         "steps": len(batches),
         "ckpt_step": ckpt_step,
         "set_lr": {str(k): v for k, v in case.get("set_lr", {}).items()},
