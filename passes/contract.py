@@ -69,7 +69,11 @@ METADATA_KEY = "adamax_onnx.contract"
 INFERENCE_GRAPH_KEY = "adamax_onnx.inference_graph"
 GLOBAL_STEP = "adamax.global_step"
 BETA1_POWER = "adamax.beta1_power"
-FORMAT_VERSION = 1
+#: 2: state and learning-rate inputs are required, initial values in ``<input>.initial``
+#: (:attr:`Contract.initial`). 1: the same inputs carried their initial values as defaults;
+#: still read (an older adamax-onnx refuses format 2 with a clear error instead of misreading).
+FORMAT_VERSION = 2
+READ_FORMATS = (1, 2)
 INITIAL_SUFFIX = ".initial"
 
 
@@ -170,10 +174,10 @@ def read_contract(model: onnx.ModelProto) -> Contract | None:
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             data = json.loads(prop.value)
-            if data.get("format") != FORMAT_VERSION:
+            if data.get("format") not in READ_FORMATS:
                 raise ValueError(
                     f"model metadata {METADATA_KEY!r} has format {data.get('format')!r}; "
-                    f"this adamax-onnx reads format {FORMAT_VERSION}"
+                    f"this adamax-onnx reads formats {list(READ_FORMATS)}"
                 )
             return Contract(**data)
     return None
@@ -219,6 +223,7 @@ def detach_initial_values(model: onnx.ModelProto) -> onnx.ModelProto:
             raise ValueError(f"cannot keep the initial value of {name!r}: {target!r} is taken")
         by_name[name].name = target
         contract.initial[name] = target
+    contract.format = FORMAT_VERSION
     write_contract(model, contract)
     return model
 
@@ -236,6 +241,7 @@ def attach_initial_values(model: onnx.ModelProto) -> onnx.ModelProto:
         if init.name in sources:
             init.name = sources[init.name]
     contract.initial = {}
+    contract.format = 1  # the form with defaults
     write_contract(model, contract)
     return model
 

@@ -110,7 +110,8 @@ def test_models_with_defaults_still_load(train, tmp_path):
     legacy = onnx.ModelProto()
     legacy.CopyFrom(train)
     attach_initial_values(legacy)
-    assert read_contract(legacy).initial == {}
+    assert read_contract(legacy).initial == {} and read_contract(legacy).format == 1
+    assert read_contract(train).format == 2
     assert {i.name for i in legacy.graph.input} & {i.name for i in legacy.graph.initializer}
     a, b = ax.TrainingSession(train), ax.TrainingSession(legacy)
     for step in range(3):

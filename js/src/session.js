@@ -144,8 +144,8 @@ export class TrainingSession {
       );
     }
     const contract = JSON.parse(text);
-    if (contract.format !== 1) {
-      throw new ModelError(`model metadata ${CONTRACT_KEY} has format ${contract.format}; this reads 1`);
+    if (contract.format !== 1 && contract.format !== 2) {
+      throw new ModelError(`model metadata ${CONTRACT_KEY} has format ${contract.format}; this reads 1 and 2`);
     }
     this.contract = contract;
     this._rawContract = parseRaw(text);
