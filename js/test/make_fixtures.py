@@ -6,7 +6,8 @@ Per case ``<name>``: ``<name>.onnx`` (the built training model, default build),
 ``<name>.batches.npz`` (``<step>/<input>`` arrays), ``<name>.ref.npz`` (``__losses__``, the
 overflow flags, and every carried tensor after the last step), ``<name>.ckpt.npz`` (a Python
 checkpoint after ``ckpt_step`` steps) and ``<name>.trained.onnx`` (the exported inference model
-after the last step). ``cases.json`` lists the cases with their steps and learning-rate changes.
+after the last step). ``cases.json`` lists the cases with their steps and learning-rate changes;
+``mlp.format1.onnx`` is the MLP in the form older versions wrote (state inputs with defaults).
 Deterministic: the same models, batches and numbers on every run.
 """
 
@@ -30,6 +31,7 @@ from models.cnn import build_cnn  # noqa: E402
 from models.data import load_digits_split, make_token_task  # noqa: E402
 from models.mlp import build_mlp  # noqa: E402
 from models.transformer import build_transformer  # noqa: E402
+from passes.contract import attach_initial_values  # noqa: E402
 
 
 def _batches(x, y, steps, batch, seed):
@@ -198,6 +200,9 @@ def main(argv: list[str]) -> int:
     out = Path(argv[0]) if argv else Path(__file__).parent / "fixtures"
     out.mkdir(parents=True, exist_ok=True)
     listed = [record(c, out) for c in cases()]
+    # the MLP in the form older versions wrote (contract format 1: state inputs with defaults)
+    legacy = attach_initial_values(onnx.load(str(out / "mlp.onnx")))
+    onnx.save(legacy, str(out / "mlp.format1.onnx"))
     (out / "cases.json").write_text(json.dumps({"cases": listed}, indent=1))
     print(f"fixtures: {len(listed)} cases in {out}")
     return 0

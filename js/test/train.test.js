@@ -100,3 +100,17 @@ test("packed state (the default) and one tensor per state input give the same bi
 test("without options.ort: a clear error", async () => {
   await assert.rejects(TrainingSession.create(fixture("mlp.onnx")), /options.ort must be the onnxruntime module/);
 });
+
+test("a format-1 model (state inputs with defaults, older versions) trains the same", async () => {
+  const sess = await TrainingSession.create(fixture("mlp.format1.onnx"), { ort });
+  assert.equal(sess.contract.format, 1);
+  assert.deepEqual(sess.contract.initial ?? {}, {});
+  const c = CASES.find((x) => x.name === "mlp");
+  const ref = await loadNpz(fixture("mlp.ref.npz"));
+  const steps = await batches("mlp");
+  for (let i = 0; i < c.steps; i++) {
+    if (c.set_lr[i] !== undefined) sess.setLearningRate(c.set_lr[i]);
+    assert.equal(await sess.step(steps[i]), ref.__losses__.data[i]);
+  }
+  assert.equal(worstStateDiff(sess.tensors(), ref).worst, 0);
+});
