@@ -222,3 +222,59 @@ def test_bad_arguments():
 def test_import_does_not_import_torch():
     code = "import sys, adamax_onnx; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not transformers_available(), reason="needs transformers")
+def test_gpt2_with_its_own_loss():
+    """Hugging Face computing its own loss from ``labels``: ``loss="loss"``; train mode with
+    Dropout 0.1 gets the seed state."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=40,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=16,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+
+    class OwnLoss(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gpt = GPT2LMHeadModel(cfg)
+
+        def forward(self, input_ids, labels):
+            return self.gpt(input_ids=input_ids, labels=labels).loss
+
+    module = OwnLoss().eval()
+    ids = torch.randint(0, 40, (2, 6))
+    model, names = ax.from_torch(module, (ids, ids), output_names=["loss"])
+    dims = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert dims == {"input_ids": ["batch", "sequence"], "labels": ["batch", "sequence"]}
+    sess = ax.TrainingSession(
+        ax.build_training_model(model, ax.AdaMax(names, learning_rate=LR), loss="loss")
+    )
+    opt = TorchAdaMax(module.parameters(), learning_rate=LR)
+    gen = torch.Generator().manual_seed(1)
+    losses, ref = [], []
+    for _ in range(STEPS):
+        x = torch.randint(0, 40, (3, 9), generator=gen)
+        y = x.clone()
+        y[:, :2] = -100
+        losses.append(float(sess.step({"input_ids": x.numpy(), "labels": y.numpy()})))
+        opt.zero_grad()
+        loss = module(x, y)
+        loss.backward()
+        opt.step()
+        ref.append(loss.item())
+    np.testing.assert_allclose(losses, ref, rtol=RTOL, atol=0)
+
+    model, names = ax.from_torch(module, (ids, ids), output_names=["loss"], mode="train")
+    sess = ax.TrainingSession(ax.build_training_model(model, ax.AdaMax(names), loss="loss"))
+    assert sess.contract.extra_state == ["dropout.seed"]
+    feeds = {"input_ids": x.numpy(), "labels": y.numpy()}
+    first, second = float(sess.step(feeds)), float(sess.step(feeds))
+    assert np.isfinite([first, second]).all() and first != second
