@@ -308,6 +308,7 @@ def build_training_model(
     ignore_index: int | None = None,
     keep_ties: Iterable[str] | None = None,
     dropout_seed: int = 0,
+    class_axis: int | None = None,
 ) -> onnx.ModelProto:
     """Build the one-run-per-step training model of ``model`` with ``optimizer``.
 
@@ -356,6 +357,9 @@ def build_training_model(
         ignore_index: cross entropy: the label value left out of the loss and of its mean.
             None (default): -100 (torch's default) for token-level scores (rank >= 3), none
             for ``[B, C]`` scores; an int applies to both.
+        class_axis: cross entropy: the class axis of the scores. None (default): 1 for
+            ``[B, C]``, the last for ``[B, T, V]``; scores of rank 4 and more must say it (1:
+            ``[B, C, H, W]`` as torch and ONNX lay out images, -1: classes last).
         keep_ties: names of tensors whose ties are kept. By default every tie that training
             would corrupt is untied first (:mod:`passes.ties`: an Identity alias of an
             initializer, e.g. ``bn1.running_var = Identity(bn1.weight)`` from torch's
@@ -391,9 +395,9 @@ def build_training_model(
     model_inputs = [i.name for i in model.graph.input if i.name not in inits]
     model_outputs = [o.name for o in model.graph.output]
     try:
-        with_loss = AttachLoss(loss, label=label, output=output, ignore_index=ignore_index)(
-            model
-        ).model
+        with_loss = AttachLoss(
+            loss, label=label, output=output, ignore_index=ignore_index, class_axis=class_axis
+        )(model).model
     except ValueError as exc:
         raise ModelError(str(exc)) from exc
     loss_name = LOSS_NAME if loss in ("cross_entropy", "mse") else loss

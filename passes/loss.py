@@ -4,11 +4,12 @@
 ``SoftmaxCrossEntropyLoss`` over the model output:
 
 * ``[B, C]`` scores, ``[B]`` labels: the class axis is 1, no ignore_index (unless one is given);
-* ``[B, T, V]`` (or ``[B, d1, ..., V]``) scores, ``[B, T]`` labels: token-level cross entropy
-  with the class axis **last**, as torch's ``F.cross_entropy(logits.flatten(0, -2),
+* ``[B, T, V]`` scores, ``[B, T]`` labels: token-level cross entropy with the class axis
+  **last**, as torch's ``F.cross_entropy(logits.flatten(0, -2),
   labels.flatten())`` and Hugging Face compute it; labels equal to ``ignore_index`` (default
   -100) are left out, and the mean is over the tokens that count. The scores are transposed to
-  ONNX's ``[B, V, T]`` layout (``loss.scores``) before the op.
+  ONNX's ``[B, V, T]`` layout (``loss.scores``) before the op;
+* rank 4 and more (``[B, C, H, W]`` or ``[B, H, W, C]``): ``class_axis`` must say which.
 
 ``"mse"`` adds a float label input of the output's type and shape and the mean squared error (a
 float16/bfloat16 output is cast to float32 first, as MindSpore's amp does, so the loss is always
@@ -93,6 +94,10 @@ class AttachLoss(GraphPass):
         ignore_index: cross entropy only: the label value that is left out of the loss and of
             the mean. None (default): -100 for token-level scores (rank >= 3), none for
             ``[B, C]`` scores (which are built exactly as before); an int applies to both.
+        class_axis: cross entropy only: the class axis of the scores. None (default): 1 for
+            ``[B, C]``, the last for ``[B, T, V]``; rank 4 and more must say it (1 for torch's
+            and ONNX's ``[B, C, H, W]``, -1 for classes last). Labels have the scores' shape
+            without that axis.
     """
 
     def __init__(
@@ -101,7 +106,13 @@ class AttachLoss(GraphPass):
         label: str = "labels",
         output: str | None = None,
         ignore_index: int | None = None,
+        class_axis: int | None = None,
     ):
+        if class_axis is not None and (
+            isinstance(class_axis, bool) or not isinstance(class_axis, int)
+        ):
+            raise ValueError(f"class_axis must be an int or None, got {class_axis!r}")
+        self.class_axis = class_axis
         if ignore_index is not None and (
             isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
         ):
@@ -187,16 +198,33 @@ class AttachLoss(GraphPass):
             rank = len(dims)
             ignore = self.ignore_index
             attrs: dict = {"reduction": "mean"}
+            axis = self.class_axis
+            if axis is None:
+                if rank > 3:
+                    raise ValueError(
+                        f"loss 'cross_entropy' reads output {target.name!r} of "
+                        f"{_describe(target)}: with rank {rank} the class axis is ambiguous; "
+                        "say class_axis=1 (torch's and ONNX's [B, C, H, W] layout, labels "
+                        "[B, H, W]) or class_axis=-1 (classes last, labels [B, H, W])"
+                    )
+                axis = 1 if rank == 2 else rank - 1
+            elif not -rank <= axis < rank or axis % rank == 0:
+                raise ValueError(
+                    f"class_axis {axis} is not a class axis of output {target.name!r} "
+                    f"({_describe(target)}): it must be one of 1..{rank - 1} (or negative)"
+                )
+            axis %= rank
             label_dims = [
                 d if d is not None else (f"{self.label}_dim{i}" if i else "N")
-                for i, d in enumerate(dims[:-1] if rank > 2 else dims[:1])
+                for i, d in enumerate(dims)
+                if i != axis
             ]
             value_info = []
-            if rank > 2:
+            if rank > 2 and ignore is None:
+                ignore = DEFAULT_IGNORE_INDEX
+            if axis != 1:
                 # class axis last (torch/HF token level) -> ONNX's class axis 1
-                if ignore is None:
-                    ignore = DEFAULT_IGNORE_INDEX
-                perm = [0, rank - 1, *range(1, rank - 1)]
+                perm = [0, axis, *(i for i in range(1, rank) if i != axis)]
                 logits = g.op("Transpose", [logits], SCORES_NAME, perm=perm)
                 value_info.append(
                     helper.make_tensor_value_info(logits, loss_type, [dims[i] for i in perm])

@@ -109,24 +109,51 @@ def test_token_level_explicit_ignore_index():
     np.testing.assert_allclose(got, want.item(), rtol=RTOL)
 
 
-def test_token_level_rank4_scores():
-    """[B, H, W, V] scores (class axis last) with [B, H, W] labels."""
+def _rank4(perm):
+    """The LM with logits [batch, seq, V] reshaped to [batch, 1, seq, V], then transposed."""
     model, values = _lm()
-    # reshape logits [batch, seq, V] -> [batch, 1, seq, V]
     g = model.graph
     g.node[-1].output[0] = "logits3"
     g.initializer.append(numpy_helper.from_array(np.array([0, 1, -1, V], np.int64), "shape4"))
-    g.node.append(helper.make_node("Reshape", ["logits3", "shape4"], ["logits"]))
+    g.node.append(helper.make_node("Reshape", ["logits3", "shape4"], ["logits4"]))
+    g.node.append(helper.make_node("Transpose", ["logits4"], ["logits"], perm=perm))
+    dims = [["b", 1, "s", V][i] for i in perm]
     del g.output[:]
-    g.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 1, "s", V]))
-    train = ax.build_training_model(model, ax.AdaMax(["E", "W", "b"]))
+    g.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims))
+    return model, values
+
+
+def _torch_rank4_loss(values, ids, labels):
+    logits = torch.tensor(values["E"])[torch.tensor(ids)] @ torch.tensor(values["W"])
+    logits = (logits + torch.tensor(values["b"]))[:, None]  # [b, 1, s, V]
+    # torch's own layout for images: F.cross_entropy([B, C, H, W], [B, H, W])
+    return F.cross_entropy(logits.permute(0, 3, 1, 2), torch.tensor(labels)[:, None, :]).item()
+
+
+@pytest.mark.parametrize(
+    ("perm", "class_axis"), [([0, 1, 2, 3], -1), ([0, 3, 1, 2], 1)], ids=["last", "axis1"]
+)
+def test_rank4_scores_with_class_axis(perm, class_axis):
+    """[B, H, W, V] (class_axis=-1) or [B, V, H, W] (class_axis=1) with [B, H, W] labels."""
+    model, values = _rank4(perm)
+    train = ax.build_training_model(model, ax.AdaMax(["E", "W", "b"]), class_axis=class_axis)
+    labels_in = next(i for i in train.graph.input if i.name == "labels")
+    assert [d.dim_param or d.dim_value for d in labels_in.type.tensor_type.shape.dim] == [
+        "b",
+        1,
+        "s",
+    ]
     ids, labels = _batches()[0]
     got = float(ax.TrainingSession(train).step({"ids": ids, "labels": labels[:, None, :]}))
-    logits = torch.tensor(values["E"])[torch.tensor(ids)] @ torch.tensor(values["W"])
-    want = F.cross_entropy(
-        (logits + torch.tensor(values["b"])).flatten(0, 1), torch.tensor(labels).flatten()
-    )
-    np.testing.assert_allclose(got, want.item(), rtol=RTOL)
+    np.testing.assert_allclose(got, _torch_rank4_loss(values, ids, labels), rtol=RTOL)
+
+
+def test_rank4_scores_need_a_class_axis():
+    model, _ = _rank4([0, 3, 1, 2])
+    with pytest.raises(ax.ModelError, match="class axis is ambiguous; say class_axis=1"):
+        _build(model)
+    with pytest.raises(ax.ModelError, match="class_axis 0 is not a class axis"):
+        _build(model, class_axis=0)
 
 
 def test_class_scores_graph_unchanged():
