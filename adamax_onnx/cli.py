@@ -137,6 +137,10 @@ def _load_groups(path: str) -> list[dict]:
     return groups
 
 
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else []
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     import onnx
 
@@ -150,7 +154,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     elif args.params:
         params = [p.strip() for p in args.params.split(",") if p.strip()]
     else:
-        params = trainable_params(model)
+        params = trainable_params(model, keep_ties=_names(args.keep_ties))
     kwargs = dict(
         learning_rate=args.lr,
         beta1=args.beta1,
@@ -169,6 +173,10 @@ def cmd_build(args: argparse.Namespace) -> int:
         output=args.output,
         bucket_size=args.bucket_size,
         chunk_size=args.chunk_size,
+        ignore_index=args.ignore_index,
+        class_axis=args.class_axis,
+        keep_ties=_names(args.keep_ties),
+        dropout_seed=args.dropout_seed,
     )
     onnx.save(train, args.out)
     print(f"wrote {args.out}: {len(opt.param_names)} trained parameters, loss {args.loss!r}")
@@ -339,6 +347,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the update of parameters of >= 8 chunks into the file as a Scan over "
         "chunks of about this many elements, outputs in chunk layout (default: 0: the file "
         "keeps whole-tensor updates; 'train' chunks them on the CPU anyway)",
+    )
+    b.add_argument(
+        "--ignore-index",
+        type=int,
+        default=None,
+        help="cross entropy: label value left out of the loss (default: -100 for [B, T, V] "
+        "scores, none for [B, C])",
+    )
+    b.add_argument(
+        "--class-axis",
+        type=int,
+        default=None,
+        help="cross entropy: class axis of the scores (default: 1 for [B, C], last for "
+        "[B, T, V]; required for rank 4 and more)",
+    )
+    b.add_argument(
+        "--keep-ties",
+        default=None,
+        help="comma-separated tensor names whose ties are kept (default: every tied tensor "
+        "is untied into its own copy, with a warning)",
+    )
+    b.add_argument(
+        "--dropout-seed",
+        type=int,
+        default=0,
+        help="initial dropout.seed state of Dropout in training mode (default: 0)",
     )
     b.set_defaults(func=cmd_build)
 

@@ -360,3 +360,17 @@ def test_gpt2_lm_trains_like_torch(own_loss):
     trained = sess.parameters()
     for n, p in wrapper.named_parameters():
         np.testing.assert_allclose(trained[n], p.detach().numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_cli_build_class_axis_and_ignore_index(tmp_path, capsys):
+    from adamax_onnx.cli import main
+
+    model, _ = _rank4([0, 3, 1, 2])
+    onnx.save(model, tmp_path / "seg.onnx")
+    args = ["build", str(tmp_path / "seg.onnx"), "-o", str(tmp_path / "train.onnx")]
+    assert main(args) == 2
+    assert "class_axis" in capsys.readouterr().err
+    assert main([*args, "--class-axis", "1", "--ignore-index", "3"]) == 0
+    train = onnx.load(tmp_path / "train.onnx")
+    sce = next(n for n in train.graph.node if n.op_type == "SoftmaxCrossEntropyLoss")
+    assert {a.name: helper.get_attribute_value(a) for a in sce.attribute}["ignore_index"] == 3
