@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from onnx import helper
 
 from passes.autodiff.errors import GradientBuildError
-from tests.gradcheck import check_op
+from tests.gradcheck import check_graph, check_op
 
 RNG = np.random.default_rng(0)
 
@@ -393,4 +394,25 @@ def test_newest_opsets(opset):
         attrs={"reverse": 1},
         opset=opset,
         torch_fn=lambda x, a: x.flip(1).cumsum(1).flip(1),
+    )
+
+
+def test_gather_axis0_on_a_tensor_of_unknown_rank():
+    """ViT's TorchScript export: q, k, v = proj[0..2] after a Reshape whose target length is
+    known only at run time, so shape inference cannot tell the rank; axis 0 needs none."""
+    rng = np.random.default_rng(7)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Reshape", ["h", "s"], ["r"]),
+        helper.make_node("Gather", ["r", "i"], ["y"], axis=0),
+    ]
+    s = np.array([2, 3, 2], np.int64)
+    check_graph(
+        nodes,
+        # "s" first: the harness gives the first input a symbolic dim, so its length is unknown
+        {"s": s, "x": rng.standard_normal((2, 4)), "w": rng.standard_normal((4, 6))},
+        ["y"],
+        consts={"i": np.array(1, np.int64)},
+        wrt=["w"],
+        torch_fn=lambda s, x, w, i: (x @ w).reshape(tuple(s.tolist()))[1],
     )

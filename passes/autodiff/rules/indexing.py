@@ -70,8 +70,13 @@ def gather(ctx, dys):
     if not ctx.needs(0):
         return [None, None]
     x, ind = ctx.x(0), ctx.x(1)
-    r = ctx.rank(x)
     a = int(ctx.attr("axis", 0))
+    if ctx.dims(x) is None and a == 0 and ctx.opset >= 16:
+        # Axis 0 needs no rank (a Reshape whose target is computed at run time hides it, e.g.
+        # nn.MultiheadAttention's q, k, v = proj[0], proj[1], proj[2] in TorchScript exports).
+        index_nd = ctx.unsqueeze(_i64(ctx, ind), [-1])
+        return [_scatter_add(ctx, "ScatterND", x, index_nd, dy)]
+    r = ctx.rank(x)
     if not -r <= a < r:
         raise Unsupported(f"axis {a} is out of range for rank {r}")
     a %= r
