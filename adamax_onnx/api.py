@@ -34,6 +34,7 @@ from passes.gradients import BuildGradients, GradientBuilder, GradientBuildError
 from passes.inference import embed_inference_graph
 from passes.loss import LOSS_NAME, AttachLoss
 from passes.lowering import LowerToStandard, UnloweredOpsError
+from passes.sequences import SplitSequencesToSlices
 from passes.ties import KEEP_TIES_KEY, UntieTensors
 
 from .errors import GradientError, LoweringError, ModelError
@@ -401,6 +402,7 @@ def build_training_model(
     except ValueError as exc:
         raise ModelError(str(exc)) from exc
     loss_name = LOSS_NAME if loss in ("cross_entropy", "mse") else loss
+    with_loss = SplitSequencesToSlices()(with_loss).model  # the dynamo exporter's x.split()
     try:
         batchnorm = DecomposeBatchNorm(optimizer.param_names)
         with_loss = batchnorm(with_loss).model
