@@ -62,15 +62,10 @@ ONLY_WITH_ALL = {("mobilenet_v2", "torchscript"), ("resnet18", "dynamo")}
 NOT_EXPORTABLE = {("small_cnn_bn_trainmode", "dynamo")}
 
 
-# Gaps of the gradient rules found by this suite (the build raises GradientError): expected
-# failures until the rule lands (not strict: a fix shows as XPASS; any other error still fails).
-_SEQ = "no gradient rule for SplitToSequence/SequenceAt (dynamo's split of GPT-2's qkv)"
-KNOWN_GAPS = {
-    ("vit", "torchscript"): "Gather (axis 0, scalar index) on a tensor of unknown rank "
-    "(nn.MultiheadAttention's unflatten/squeeze as exported by TorchScript)",
-    ("gpt2_seqcls", "dynamo"): _SEQ,
-    ("gpt2_lm_last", "dynamo"): _SEQ,
-}
+# Gaps of the gradient rules this suite found, all closed: Gather (axis 0) on a tensor of unknown
+# rank (ViT, TorchScript), SplitToSequence/SequenceAt (GPT-2's qkv split, dynamo; rewritten to
+# Slices by passes/sequences.py). A new gap goes here as an expected failure until it is fixed.
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def _params():
@@ -87,11 +82,13 @@ def _params():
 @pytest.mark.parametrize(("name", "exporter"), list(_params()))
 def test_train_matches_torch(name, exporter, tmp_path):
     case = CASES[name]
-    missing = missing_modules(case)
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
-        pytest.skip("the dynamo exporter needs onnxscript")
+    # The test extra installs these (scripts/setup.sh --test): a missing one is a failure.
+    missing = missing_modules(case) + (
+        ["onnxscript"]
+        if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None
+        else []
+    )
+    assert not missing, f"the real-model suite needs {', '.join(missing)}"
 
     model = build(case)
     data = batches(case, STEPS, BATCH)
