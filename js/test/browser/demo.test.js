@@ -96,7 +96,8 @@ s = ort.InferenceSession("${file}", providers=["CPUExecutionProvider"])
 print(float((s.run(None, {"input": d["x_test"]})[0].argmax(1) == d["y_test"]).mean()))`],
     { cwd: ROOT },
   );
-  assert.equal(Number(String(acc).trim()), demo.accuracy.at(-1));
+  // the same weights in Python's onnxruntime: argmax may differ only on a near-tie
+  assert.ok(Math.abs(Number(String(acc).trim()) - demo.accuracy.at(-1)) <= 1.5 / 450);
 
   // A checkpoint saved in the browser loads in Python: same parameters as the downloaded model.
   const ckpt = join(downloads, "browser.ckpt.npz");
