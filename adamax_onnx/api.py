@@ -9,7 +9,6 @@ inputs and outputs are recorded as described in :mod:`passes.contract`.
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,7 +34,7 @@ from passes.inference import embed_inference_graph
 from passes.loss import LOSS_NAME, AttachLoss
 from passes.lowering import LowerToStandard, UnloweredOpsError
 from passes.sequences import SplitSequencesToSlices
-from passes.ties import KEEP_TIES_KEY, UntieTensors
+from passes.ties import KEEP_TIES_KEY, RetieFoldedCopies, UntieTensors, is_generated_name
 
 from .errors import GradientError, LoweringError, ModelError
 from .loss_scale import LossScaleManager, apply_guard
@@ -84,29 +83,32 @@ def load_model(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
     return load_model_file(model)
 
 
-# Names exporters give to tensors they made themselves (folded constants, transposed weights):
-# torch.onnx's TorchScript exporter ("onnx::MatMul_595", "/layer/Constant_output_0") and its
-# dynamo exporter ("val_68", "_val_3").
-_GENERATED_NAME = re.compile(r"^(onnx::|/)|^_?val_\d+$|::")
-
-
-def is_generated_name(name: str) -> bool:
-    """True for a tensor name an exporter generated (``val_68``, ``onnx::MatMul_595``)."""
-    return bool(_GENERATED_NAME.search(name))
-
-
 def untie(
     model: onnx.ModelProto, keep_ties: Iterable[str] | None = None, warn: bool = True
 ) -> onnx.ModelProto:
     """``model`` with every tied tensor made a separate copy (:mod:`passes.ties`).
 
-    Ties whose shared initializer or tied tensor is named in ``keep_ties`` stay. With ``warn``,
-    one ``UserWarning`` names every tensor that was untied.
+    Ties whose shared initializer or tied tensor is named in ``keep_ties`` stay. First, a copy an
+    exporter folded out of a weight that is also used under its own name (the transposed
+    embedding of a tied LM head) reads the weight again (:class:`RetieFoldedCopies`). With
+    ``warn``, one ``UserWarning`` names every tensor re-tied, and one every tensor untied.
     """
     keep = set(keep_ties or ())
     meant = next((p.value for p in model.metadata_props if p.key == KEEP_TIES_KEY), None)
     if meant:  # ties from_torch found in the module itself (a layer applied twice)
         keep |= set(json.loads(meant))
+    retier = RetieFoldedCopies()
+    retied = retier(model)
+    if retied.modified:
+        model = retied.model
+        if warn:
+            warnings.warn(
+                f"re-tied {len(retier.retied)} weight(s) the exporter had folded into a copy "
+                "while the original is also used (trained as exported, the copies would drift "
+                "apart): " + "; ".join(t.describe() for t in retier.retied),
+                UserWarning,
+                stacklevel=3,
+            )
     untier = UntieTensors(keep)
     result = untier(model)
     if warn and untier.untied:

@@ -32,11 +32,13 @@ values by name and stay as they are).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 
 from .base import GraphPass, PassResult
 
@@ -47,7 +49,20 @@ __all__ = [
     "NORMALIZATION_OPS",
     "NEVER_TRAINED_SLOTS",
     "KEEP_TIES_KEY",
+    "RetieFoldedCopies",
+    "is_generated_name",
 ]
+
+# Names exporters give to tensors they made themselves (folded constants, transposed weights):
+# torch.onnx's TorchScript exporter ("onnx::MatMul_595", "/layer/Constant_output_0") and its
+# dynamo exporter ("val_68", "_val_3").
+_GENERATED_NAME = re.compile(r"^(onnx::|/)|^_?val_\d+$|::")
+
+
+def is_generated_name(name: str) -> bool:
+    """True for a tensor name an exporter generated (``val_68``, ``onnx::MatMul_595``)."""
+    return bool(_GENERATED_NAME.search(name))
+
 
 #: ``metadata_props`` key of a JSON list of tensors whose ties are meant (written by
 #: ``adamax_onnx.from_torch`` for a layer the module applies twice; the build keeps them).
@@ -85,6 +100,8 @@ class Tie:
     def describe(self) -> str:
         if self.kind == "alias":
             return f"{self.tensor!r} = Identity({self.source!r}) ({self.detail})"
+        if self.kind == "folded_copy":
+            return f"{self.tensor!r} = {self.detail} of {self.source!r}"
         if self.kind == "frozen_slot":
             return f"{self.source!r} is also the {self.detail} (copy: {self.tensor!r})"
         return f"{self.source!r} is shared by {self.detail} (copy: {self.tensor!r})"
@@ -247,4 +264,84 @@ class UntieTensors(GraphPass):
         graph.initializer.extend(new_inits)
         # An alias that was also declared as a graph input (initializers as inputs) keeps its
         # declaration; value_info of a former Identity output is harmless.
+        return PassResult(model, True)
+
+
+def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
+    names: set[str] = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= {i for n in sub.node for i in n.input} | _subgraph_inputs(sub)
+    return names
+
+
+class RetieFoldedCopies(GraphPass):
+    """Give back a tied weight the copy an exporter folded out of it.
+
+    With constant folding, torch's TorchScript exporter turns ``x @ W.T`` into a MatMul with a
+    new initializer holding ``W.T`` (``onnx::MatMul_553``). Where ``W`` is also read under its
+    own name (GPT-2's embedding, shared with the LM head), the tie is broken: trained, the two
+    copies drift apart. This pass finds every initializer with an exporter-generated name, of
+    rank 2 and not constant-valued, that equals exactly one named initializer or its transpose,
+    and reads that one instead (through a ``Transpose`` node). Ties inside subgraphs are left
+    alone. After the pass, :attr:`retied` lists what was restored (kind ``"folded_copy"``).
+    """
+
+    def __init__(self) -> None:
+        self.retied: list[Tie] = []
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        graph = model.graph
+        self.retied = []
+        floats = [i for i in graph.initializer if i.data_type in _FLOATS and len(i.dims) == 2]
+        named = [
+            (i.name, numpy_helper.to_array(i)) for i in floats if not is_generated_name(i.name)
+        ]
+        in_subgraphs = _subgraph_inputs(graph)
+        read = {name for n in graph.node for name in n.input}
+        replace: dict[str, str] = {}
+        new_nodes: list[onnx.NodeProto] = []
+        taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+        for init in floats:
+            if not is_generated_name(init.name) or init.name in in_subgraphs:
+                continue
+            arr = numpy_helper.to_array(init)
+            if arr.size < 2 or arr.min() == arr.max():
+                continue
+            found = [
+                (n, how)
+                for n, a in named
+                for how, view in (("copy", a), ("transposed copy", a.T))
+                if view.shape == arr.shape and np.array_equal(view, arr)
+            ]
+            if len(found) != 1 or found[0][0] not in read:
+                continue
+            source, how = found[0]
+            target = source
+            if how == "transposed copy":
+                target, k = f"{source}.transposed", 1
+                while target in taken:
+                    k += 1
+                    target = f"{source}.transposed.{k}"
+                taken.add(target)
+                new_nodes.append(
+                    helper.make_node(
+                        "Transpose", [source], [target], name=f"{target}/Transpose", perm=[1, 0]
+                    )
+                )
+            replace[init.name] = target
+            self.retied.append(Tie("folded_copy", init.name, source, how))
+        if not replace:
+            return PassResult(model, False)
+        for node in graph.node:
+            for k, name in enumerate(node.input):
+                if name in replace:
+                    node.input[k] = replace[name]
+        nodes = new_nodes + list(graph.node)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        kept = [i for i in graph.initializer if i.name not in replace]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
         return PassResult(model, True)

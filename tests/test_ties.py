@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import adamax_onnx as ax
-from passes.ties import UntieTensors, find_ties
+from passes.ties import RetieFoldedCopies, UntieTensors, find_ties
 from tests.torch_adamax import TorchAdaMax
 from tests.torch_compat import transformers_available
 
@@ -349,3 +349,95 @@ def test_weight_tying_between_ordinary_nodes_is_not_a_tie():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         ax.build_training_model(model, ax.AdaMax(["E"]))
+
+
+# -- copies folded out of a tied weight (torch.onnx.export defaults) -----------------------------
+def _folded_lm(copy_name="onnx::MatMul_9", constant=False, twin=False):
+    """Gather(E) -> MatMul(copy of E.T): the LM head as constant folding leaves it."""
+    rng = np.random.default_rng(0)
+    e = np.ones((7, 3), np.float32) if constant else rng.standard_normal((7, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(e, "E"), numpy_helper.from_array(e.T.copy(), copy_name)]
+    if twin:
+        inits.append(numpy_helper.from_array(e.copy(), "F"))
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["E", "ids"], ["h"]),
+            helper.make_node("MatMul", ["h", copy_name], ["logits"]),
+        ],
+        "folded",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "T"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["B", "T", 7])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_folded_transposed_copy_is_retied():
+    retier = RetieFoldedCopies()
+    out = retier(_folded_lm()).model
+    assert [(t.kind, t.tensor, t.source, t.detail) for t in retier.retied] == [
+        ("folded_copy", "onnx::MatMul_9", "E", "transposed copy")
+    ]
+    assert {i.name for i in out.graph.initializer} == {"E"}
+    assert ax.trainable_params(_folded_lm()) == ["E"]
+    with pytest.warns(UserWarning, match=r"re-tied 1 .*'onnx::MatMul_9' = transposed copy of 'E'"):
+        ax.build_training_model(_folded_lm(), ax.AdaMax(["E"]))
+    # not re-tied: a name that is no exporter's, a constant value, two candidates
+    for model in (_folded_lm("head.weight"), _folded_lm(constant=True), _folded_lm(twin=True)):
+        assert not RetieFoldedCopies()(model).modified
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not transformers_available(), reason="needs transformers")
+def test_gpt2_default_export_trains_like_torch():
+    """torch.onnx.export defaults (constant folding): the LM head becomes a folded copy of the
+    embedding and 14 fresh LayerNorm/bias tensors become aliases; both are repaired."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(
+        vocab_size=40,
+        n_embd=16,
+        n_layer=2,
+        n_head=2,
+        n_positions=16,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+
+    class Logits(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gpt = GPT2LMHeadModel(cfg)
+
+        def forward(self, input_ids):
+            return self.gpt(input_ids=input_ids).logits
+
+    module = Logits().eval()
+    gen = torch.Generator().manual_seed(3)
+    data = [
+        (torch.randint(0, 40, (2, 6), generator=gen), torch.randint(0, 40, (2, 6), generator=gen))
+        for _ in range(STEPS)
+    ]
+    model = _torchscript(module, data[0][0], fold=True, input_name="input_ids")
+    names = ax.trainable_params(model)
+    assert sorted(names) == sorted(n for n, _ in module.named_parameters())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = ax.build_training_model(model, ax.AdaMax(names, learning_rate=LR))
+    warned = " ".join(str(w.message) for w in caught if w.category is UserWarning)
+    assert "transposed copy of 'gpt.transformer.wte.weight'" in warned
+    assert "untied 14 tensor(s)" in warned
+    sess = ax.TrainingSession(train)
+    losses = [float(sess.step({"input_ids": x.numpy(), "labels": y.numpy()})) for x, y in data]
+    opt = TorchAdaMax(module.parameters(), learning_rate=LR)
+    ref = []
+    for x, y in data:
+        opt.zero_grad()
+        loss = F.cross_entropy(module(x).flatten(0, 1), y.flatten())
+        loss.backward()
+        opt.step()
+        ref.append(loss.item())
+    np.testing.assert_allclose(losses, ref, rtol=RTOL, atol=0)
