@@ -10,6 +10,9 @@ times 2): the float32 noise of either side then decides, not a difference of sem
 p=0 in train mode (torch's random masks cannot be reproduced; masks from the seed state are
 compared with torch in tests/test_train_mode.py). Frozen tensors (running statistics in eval
 mode) are bit-identical in the exported model, which reproduces the trained torch model.
+
+The same suite exported with plain ``torch.onnx.export`` defaults (constant folding, merged
+tensors) trains like torch too, except where folding puts BatchNorm into the Conv.
 """
 
 from __future__ import annotations
@@ -150,3 +153,62 @@ def test_fresh_model_through_from_torch(name, mode, tmp_path):
     with torch.no_grad():
         want = trained(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+
+
+# -- plain torch.onnx.export with its defaults ----------------------------------------------------
+FOLDS_BATCHNORM = "constant folding folds BatchNorm into the Conv (warned): not the module's model"
+DEFAULT_XFAIL = {
+    "small_cnn_bn": FOLDS_BATCHNORM,
+    "mobilenet_v2": FOLDS_BATCHNORM,
+    "resnet18": FOLDS_BATCHNORM,
+    "vit": XFAIL["vit", "eval"],
+}
+
+
+def _default_cases():
+    for name, case in CASES.items():
+        if not case.train_mode:
+            yield pytest.param(name, id=name)
+
+
+@pytest.mark.parametrize("name", list(_default_cases()))
+def test_fresh_model_through_default_export(name):
+    """``torch.onnx.export(module, x, f, input_names, output_names, dynamic_axes)`` and nothing
+    else (constant folding on, equal tensors merged): ties are repaired by the build, folded
+    copies used once train like their weights."""
+    import io
+
+    case = CASES[name]
+    missing = missing_modules(case)
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    if "torchvision" in case.needs:
+        import_torchvision_models()
+    if name in DEFAULT_XFAIL:
+        pytest.xfail(DEFAULT_XFAIL[name])
+    torch.manual_seed(0)
+    module = case.make().float().eval()
+    data = batches(case, STEPS, BATCH)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (data[0][0],),
+            buf,
+            dynamo=False,
+            input_names=[case.input_name],
+            output_names=["logits"],
+            dynamic_axes={case.input_name: {0: "batch"}, "logits": {0: "batch"}},
+        )
+    model = onnx.load_from_string(buf.getvalue())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        names = ax.trainable_params(model)
+        train = ax.build_training_model(model, ax.AdaMax(names, learning_rate=LR))
+    sess = ax.TrainingSession(train)
+    ours = [float(sess.step({case.input_name: x.numpy(), "labels": y.numpy()})) for x, y in data]
+    ref, _ = _torch_losses(
+        module, data, [n for n, _ in module.named_parameters()], "eval", torch.float32
+    )
+    np.testing.assert_allclose(ours, ref, rtol=RTOL, atol=0)
