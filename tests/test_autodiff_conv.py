@@ -49,6 +49,10 @@ CONV2D = [
     ("same_upper", (1, 2, 6, 5), (3, 2, 3, 2), {"auto_pad": "SAME_UPPER", "strides": [2, 2]}),
     ("same_lower", (1, 2, 5, 6), (3, 2, 2, 3), {"auto_pad": "SAME_LOWER", "strides": [2, 1]}),
     ("valid", (1, 2, 5, 5), (3, 2, 2, 2), {"auto_pad": "VALID", "strides": [2, 2]}),
+    # 1x1 (pointwise, mobilenet): the one tap reads all of x, no Slice; strided and grouped
+    ("pointwise", (2, 3, 4, 5), (4, 3, 1, 1), {}),
+    ("pointwise_strided", (2, 3, 5, 5), (4, 3, 1, 1), {"strides": [2, 2]}),
+    ("pointwise_groups", (2, 4, 3, 3), (6, 2, 1, 1), {"group": 2}),
 ]
 
 

@@ -204,10 +204,26 @@ def _weight_correlation(
                 raise Unsupported("strides > 1 need static spatial sizes")
             starts.append(start)
             ends.append(end)
-        args = [xt, ctx.i64(starts), ctx.i64(ends), ctx.i64(sp_axes)]
-        if any(s != 1 for s in strides):
-            args.append(ctx.i64(strides))
-        cols = ctx.op("Slice", *args)
+        # A 1x1 kernel at stride 1 reads all of x: no Slice (a full copy) for its one tap.
+        whole = all(
+            starts[k] == 0
+            and strides[k] == 1
+            and (
+                ends[k] == _INT64_MAX
+                or (
+                    x_spatial[k] is not None
+                    and ends[k] >= x_spatial[k] + pads[k] + pads[n_sp + k]
+                )
+            )
+            for k in range(n_sp)
+        )
+        if whole:
+            cols = xt
+        else:
+            args = [xt, ctx.i64(starts), ctx.i64(ends), ctx.i64(sp_axes)]
+            if any(s != 1 for s in strides):
+                args.append(ctx.i64(strides))
+            cols = ctx.op("Slice", *args)
         if im2col:  # [Cin, 1, N, *out]
             parts.append(ctx.unsqueeze(cols, [1]))
             continue
