@@ -301,6 +301,12 @@ def to_eval_mode(model: onnx.ModelProto) -> onnx.ModelProto:
                 del node.input[1:]
                 del node.output[1:]
                 del node.attribute[:]
+    # Initializers only the removed inputs read (a Dropout's ratio and training_mode) go too:
+    # nothing else holds their values once the training graph has replaced the node.
+    still = {i for n in out.graph.node for i in n.input} | {o.name for o in out.graph.output}
+    keep = [i for i in out.graph.initializer if i.name in still or i.name not in read]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
     return out
 
 

@@ -1,4 +1,5 @@
-"""passes/batchnorm.py: training-mode BatchNormalization decomposed at every opset form."""
+"""passes/batchnorm.py: training-mode BatchNormalization decomposed at every opset form, and
+the eval-mode model that export writes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import adamax_onnx as ax
 from passes.batchnorm import DecomposeBatchNorm
 
 
@@ -46,3 +48,33 @@ def test_training_mode_uses_batch_statistics_at_every_opset(opset):
     mean, var = x.mean(axis=(0, 2, 3)).reshape(r), x.var(axis=(0, 2, 3)).reshape(r)
     want = (x - mean) / np.sqrt(var + 1e-3) * vals["scale"].reshape(r) + vals["bias"].reshape(r)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_export_of_a_model_with_training_mode_dropout_given_as_initializers(tmp_path):
+    """Dropout(x, ratio, training_mode) with both as initializers: the exported inference
+    model is the identity there and keeps no initializer without a value."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Dropout", ["h", "dropout.ratio", "dropout.training"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [
+            numpy_helper.from_array(w, "w"),
+            numpy_helper.from_array(np.array(0.25, np.float32), "dropout.ratio"),
+            numpy_helper.from_array(np.array(True), "dropout.training"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    sess = ax.TrainingSession(ax.build_training_model(model, ax.AdaMax(["w"], learning_rate=1e-2)))
+    x = rng.standard_normal((4, 4)).astype(np.float32)
+    sess.step({"x": x, "labels": np.array([0, 1, 2, 0])})
+    path = tmp_path / "m.onnx"
+    sess.export_inference_model(str(path))
+    exported = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = exported.run(None, {"x": x})
+    np.testing.assert_allclose(y, x @ sess.parameters()["w"], rtol=1e-6, atol=1e-6)
