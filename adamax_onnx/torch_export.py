@@ -31,6 +31,7 @@ def from_torch(
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     mode: str = "eval",
     opset: int = 18,
+    exporter: str = "torchscript",
 ) -> tuple[onnx.ModelProto, list[str]]:
     """Export ``module`` to an ONNX model that trains like the module, and its trained names.
 
@@ -43,11 +44,17 @@ def from_torch(
     names the batch and sequence axes. Its one defect, merging initializers of equal value
     into ``Identity`` aliases (``bn1.running_var = Identity(bn1.weight)`` in a fresh model), is
     undone here exactly: each alias is named after the torch tensor it stands for and becomes
-    that tensor's own initializer again. The dynamo exporter (``dynamo=True``) was not chosen:
-    with its default optimizer it folds BatchNorm into the Conv, turns transposed weights into
-    unnamed constants (``val_0``, ``val_86``), makes two LayerNorms share one initializer and
-    drops a zero bias (``out_proj.bias``) from a fresh TransformerEncoderLayer; without the
-    optimizer it keeps the names but needs ``torch.export`` dims for every dynamic axis.
+    that tensor's own initializer again.
+
+    ``exporter="dynamo"`` uses ``torch.onnx.export(..., dynamo=True, optimize=False)`` instead
+    (eval mode only). Without its optimizer it keeps every name and merges nothing, and on the
+    suite of ``tests/test_from_torch_suite.py`` it trains like torch, ViT included (whose
+    TorchScript export the autodiff cannot differentiate yet). It is not the default because in
+    train mode it exports BatchNorm without ``training_mode`` (on running statistics: not
+    torch's ``train()``), and with its default optimizer it folds BatchNorm into the Conv under
+    the Conv's own name (undetectable), turns transposed weights into unnamed constants
+    (``val_0``), makes two LayerNorms share one initializer and drops zero biases (a fresh BERT:
+    41 parameters become 28). Dynamic axes are ``torch.export.Dim.AUTO``, renamed as above.
 
     Args:
         module: a ``torch.nn.Module``.
@@ -60,9 +67,10 @@ def from_torch(
             ``"sequence"``, as is axis 1 of an output of rank >= 3 with the same length.
         mode: ``"eval"`` (default; ``module.eval()``: BatchNorm on its running statistics,
             Dropout off) or ``"train"`` (``module.train()``: BatchNorm on batch statistics,
-            Dropout on; note that :func:`build_training_model` does not train BatchNorm in
-            training mode yet). The module's own mode and buffers are restored afterwards.
+            Dropout on, trained as torch's ``train()`` by :func:`build_training_model`). The
+            module's own mode and buffers are restored afterwards.
         opset: the ONNX opset (default 18).
+        exporter: ``"torchscript"`` (default) or ``"dynamo"`` (eval mode only), see above.
 
     Returns:
         ``(model, names)``: the ONNX model, and the names of the module's parameters that
@@ -80,6 +88,13 @@ def from_torch(
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     if mode not in ("eval", "train"):
         raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}")
+    if exporter not in ("torchscript", "dynamo"):
+        raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
+    if exporter == "dynamo" and mode == "train":
+        raise ValueError(
+            "exporter='dynamo' exports BatchNorm in train mode without training_mode (on its "
+            "running statistics, not as torch's train()): use the TorchScript exporter"
+        )
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     for k, a in enumerate(args):
         if not isinstance(a, torch.Tensor):
@@ -110,6 +125,17 @@ def from_torch(
         if dynamic_axes is None:
             dynamic_axes = _default_axes(args, input_names, outs, output_names, torch)
         _restore(module, saved)
+        if exporter == "dynamo":
+            model = _dynamo_export(
+                module, args, input_names, output_names, dynamic_axes, opset, torch
+            )
+    finally:
+        _restore(module, saved)
+        module.train(was_training)
+    if exporter == "dynamo":
+        return _finish(module, model, saved)
+    try:
+        module.train(mode == "train")
         buf = io.BytesIO()
         training = (
             torch.onnx.TrainingMode.TRAINING if mode == "train" else torch.onnx.TrainingMode.EVAL
@@ -133,7 +159,44 @@ def from_torch(
     finally:
         _restore(module, saved)
         module.train(was_training)
-    model = onnx.load_from_string(buf.getvalue())
+    return _finish(module, onnx.load_from_string(buf.getvalue()), saved)
+
+
+def _canonical_names(module: Any, model: onnx.ModelProto) -> None:
+    """A tied parameter's initializer under the name ``named_parameters()`` gives it.
+
+    ``named_parameters()`` lists a parameter shared by two modules once, under its first name
+    (GPT-2: ``transformer.wte.weight``); the dynamo exporter may use another (``lm_head.weight``).
+    """
+    names: dict[int, list[str]] = {}
+    for n, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+    for n, b in module.named_buffers(remove_duplicate=False):
+        names.setdefault(id(b), []).append(n)
+    inits = {i.name: i for i in model.graph.initializer}
+    rename = {}
+    for aliases in names.values():
+        canonical = aliases[0]
+        if canonical in inits:
+            continue
+        present = [a for a in aliases[1:] if a in inits]
+        if len(present) == 1:
+            rename[present[0]] = canonical
+    if not rename:
+        return
+    for name, target in rename.items():
+        inits[name].name = target
+    for node in model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+    for vi in list(model.graph.input) + list(model.graph.value_info):
+        if vi.name in rename:
+            vi.name = rename[vi.name]
+
+
+def _finish(module: Any, model: onnx.ModelProto, saved: Mapping[str, Any]):
+    _canonical_names(module, model)
     # Tracing in training mode runs forward once, which moves BatchNorm's running statistics
     # before the exporter reads them: write back the module's values from before the export.
     for init in model.graph.initializer:
@@ -172,6 +235,41 @@ def from_torch(
             stacklevel=2,
         )
     return model, names
+
+
+def _dynamo_export(module, args, input_names, output_names, dynamic_axes, opset, torch):
+    auto = torch.export.Dim.AUTO
+    shapes = tuple(
+        {axis: auto for axis in dynamic_axes.get(name, {})} or None
+        for name, _ in zip(input_names, args, strict=False)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            optimize=False,
+            verbose=False,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=shapes,
+        )
+    model = program.model_proto
+    # Dim.AUTO gives dims torch's own names (s77): name them as dynamic_axes says, everywhere.
+    rename: dict[str, str] = {}
+    graph = model.graph
+    for vi in list(graph.input) + list(graph.output):
+        for axis, name in dynamic_axes.get(vi.name, {}).items():
+            dims = vi.type.tensor_type.shape.dim
+            if axis < len(dims) and dims[axis].dim_param:
+                rename.setdefault(dims[axis].dim_param, name)
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+    return model
 
 
 def init_dtype(init: onnx.TensorProto):

@@ -278,3 +278,17 @@ def test_gpt2_with_its_own_loss():
     feeds = {"input_ids": x.numpy(), "labels": y.numpy()}
     first, second = float(sess.step(feeds)), float(sess.step(feeds))
     assert np.isfinite([first, second]).all() and first != second
+
+
+def test_dynamo_exporter_option():
+    torch.manual_seed(0)
+    cnn = FreshCNN().eval()
+    model, names = ax.from_torch(cnn, torch.randn(2, 3, 8, 8), exporter="dynamo")
+    assert names == [n for n, _ in cnn.named_parameters()]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert sum(n.op_type == "BatchNormalization" for n in model.graph.node) == 2
+    _train(cnn, model, names, _images(batch=3), "x")
+    with pytest.raises(ValueError, match="exporter='dynamo' exports BatchNorm in train mode"):
+        ax.from_torch(cnn, torch.randn(2, 3, 8, 8), exporter="dynamo", mode="train")
+    with pytest.raises(ValueError, match="exporter must be"):
+        ax.from_torch(cnn, torch.randn(2, 3, 8, 8), exporter="jit")
