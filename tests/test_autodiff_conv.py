@@ -85,8 +85,18 @@ def _conv_torch(attrs, xs, ws):
     return fn
 
 
+@pytest.fixture(params=["per_tap", "one_conv"])
+def dw_form(request, monkeypatch):
+    """Both forms of dW: per-tap products (many channels) and one Conv (few channels); the
+    choice depends on the channel counts, so each test case is run through both."""
+    from passes.autodiff.rules import conv
+
+    monkeypatch.setattr(conv, "_MIN_CHANNEL_PRODUCT", 0 if request.param == "per_tap" else 10**9)
+    return request.param
+
+
 @pytest.mark.parametrize("name,xs,ws,attrs", CONV2D, ids=[c[0] for c in CONV2D])
-def test_conv2d(name, xs, ws, attrs):
+def test_conv2d(name, xs, ws, attrs, dw_form):
     check_op(
         "Conv",
         {"x": _r(*xs), "w": _r(*ws), "b": _r(ws[0])},
@@ -95,7 +105,7 @@ def test_conv2d(name, xs, ws, attrs):
     )
 
 
-def test_conv1d_no_bias():
+def test_conv1d_no_bias(dw_form):
     attrs = {"pads": [2, 1], "strides": [2], "dilations": [2]}
     check_op(
         "Conv",
@@ -117,7 +127,7 @@ def test_conv1d_long_kernel():
 
 
 @pytest.mark.parametrize("group", [1, 2])
-def test_conv3d(group):
+def test_conv3d(group, dw_form):
     attrs = {"pads": [1, 0, 0, 0, 1, 0], "strides": [2, 1, 1], "group": group}
     ws = (2, 2 // group, 2, 2, 2)
     check_op(
