@@ -1,6 +1,8 @@
 """Public graph-building API: from an inference model (or raw parameters) to a training model.
 
-``build_training_model`` = AttachLoss -> BuildGradients -> AdaMaxPass (+ lowering, metadata);
+``build_training_model`` = untie (RetieFoldedCopies, UntieTensors) -> AttachLoss ->
+DecomposeBatchNorm -> SeededDropout -> BuildGradients -> AdaMaxPass (+ guard, lowering,
+metadata);
 ``build_optimizer_model`` = parameters and gradients as inputs -> AdaMaxPass. Both return an
 ordinary ONNX model that passes ``onnx.checker.check_model(full_check=True)``; the roles of its
 inputs and outputs are recorded as described in :mod:`passes.contract`.

@@ -28,6 +28,10 @@ whose ``source`` or ``tensor`` is in ``keep`` (weight tying the user means, e.g.
 shared with the LM head, is not an alias: it is one initializer read by two ordinary nodes and
 never reported). Ties inside subgraphs are not rewritten (their Identity nodes read outer
 values by name and stay as they are).
+
+:class:`RetieFoldedCopies` does the opposite for the one tie constant folding breaks: a copy
+(often transposed) that an exporter folded out of a weight also used under its own name reads
+that weight again.
 """
 
 from __future__ import annotations
