@@ -261,3 +261,26 @@ def test_dropout_training_mode_needs_opset_18():
     model, names = ax.from_torch(net, torch.randn(4, 6), mode="train", opset=17)
     with pytest.raises(ax.ModelError, match=r"BitwiseXor \(opset 18\).*opset 17"):
         ax.build_training_model(model, ax.AdaMax(names))
+
+
+def test_training_mode_model_is_standard_onnx():
+    """Checker (full), and one step under onnx.reference equals TrainingSession's."""
+    from onnx.reference import ReferenceEvaluator
+
+    from passes.contract import initial_values
+
+    torch.manual_seed(0)
+    model, names = ax.from_torch(DropMLP(), torch.randn(4, 6), mode="train")
+    train = ax.build_training_model(model, ax.AdaMax(names))
+    onnx.checker.check_model(train, full_check=True)
+    x = np.random.default_rng(0).standard_normal((8, 6)).astype(np.float32)
+    y = np.arange(8, dtype=np.int64) % 4
+    sess = ax.TrainingSession(train)
+    loss = float(sess.step({"x": x, "labels": y}))
+    init = {k: numpy_helper.to_array(v) for k, v in initial_values(train).items()}
+    got = ReferenceEvaluator(train).run(
+        ["loss", "bn.running_var.updated", "dropout.seed.updated"], {"x": x, "labels": y, **init}
+    )
+    np.testing.assert_allclose(got[0], loss, rtol=1e-6)
+    np.testing.assert_allclose(got[1], sess.state()["extra"]["bn.running_var"], rtol=1e-6)
+    assert int(got[2]) == 1
