@@ -217,7 +217,10 @@ def _weight_correlation(
             and strides[k] == 1
             and (
                 ends[k] == _INT64_MAX
-                or (x_spatial[k] is not None and ends[k] >= x_spatial[k] + pads[k] + pads[n_sp + k])
+                or (
+                    x_spatial[k] is not None
+                    and ends[k] >= x_spatial[k] + pads[k] + pads[n_sp + k]
+                )
             )
             for k in range(n_sp)
         )
@@ -482,44 +485,6 @@ def _pool_geometry(ctx, x, n_sp, dilations):
     return spatial, out_sp, kernel, kernel_eff, strides, begins, ends, ceil
 
 
-def _max_pool_tiled(ctx, dy, x, n_sp, dilations):
-    """dX of a 2-D MaxPool whose windows tile X exactly (kernel == stride, no padding or
-    dilation, sizes divisible: the common 2x2/2), without indices; None for other pools.
-
-    onnxruntime's MaxPool with an Indices output is a slow path (2.4 ms against 0.19 ms on
-    [64, 16, 32, 32]). Here each window is viewed as a last axis of K taps, the taps equal to
-    the window's max are marked, and only the first of them (row-major, as torch's and
-    onnxruntime's kernels pick it) receives dY: ``mark * (CumSum(mark) == 1)``.
-    """
-    if n_sp != 2 or any(d != 1 for d in dilations):
-        return None
-    if ctx.attr("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or int(ctx.attr("ceil_mode", 0)):
-        return None
-    kernel = [int(k) for k in ctx.attr("kernel_shape")]
-    strides = [int(s) for s in ctx.attr("strides", [1] * n_sp)]
-    if kernel != strides or any(int(p) for p in ctx.attr("pads", [0] * 2 * n_sp)):
-        return None
-    dims = ctx.dims(x)
-    if dims is None or not all(isinstance(d, int) for d in dims[2:]):
-        return None
-    (h, w), (kh, kw) = dims[2:], kernel
-    if h % kh or w % kw or kh * kw == 1:
-        return None
-    ho, wo, taps = h // kh, w // kw, kh * kw
-    perm = [0, 1, 2, 4, 3, 5]
-    windows = ctx.op("Transpose", ctx.reshape(x, [0, 0, ho, kh, wo, kw]), perm=perm)
-    windows = ctx.reshape(windows, [0, 0, ho, wo, taps])  # [N, C, Ho, Wo, K]
-    y = ctx.y(0)
-    mark = ctx.op("Cast", ctx.op("Equal", windows, ctx.unsqueeze(y, [-1])), to=ctx.dtype(x))
-    running = ctx.op("CumSum", mark, ctx.i64(-1))
-    first = ctx.op(
-        "Mul", mark, ctx.op("Cast", ctx.op("Equal", running, ctx.scalar(1.0, x)), to=ctx.dtype(x))
-    )
-    spread = ctx.op("Mul", first, ctx.unsqueeze(dy, [-1]))
-    back = ctx.op("Transpose", ctx.reshape(spread, [0, 0, ho, wo, kh, kw]), perm=perm)
-    return ctx.reshape(back, [0, 0, h, w])
-
-
 @rule("MaxPool", since=1)
 def max_pool(ctx, dys):
     """dY scatter-added into zeros shaped like X, at the positions of the Indices output.
@@ -539,9 +504,6 @@ def max_pool(ctx, dys):
     rank = ctx.rank(x)
     n_sp = rank - 2
     dilations = [int(d) for d in ctx.attr("dilations", [1] * n_sp)]
-    tiled = _max_pool_tiled(ctx, dy, x, n_sp, dilations)
-    if tiled is not None:
-        return [tiled]
     indices = ctx.y(1) if int(ctx.attr("storage_order", 0)) == 0 else None
     if indices is None:
         attrs = {
