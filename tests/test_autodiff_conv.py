@@ -782,3 +782,35 @@ def test_max_pool_ceil_overlapping_opset13_matches_scatter():
         res.append(run_gradients(model, {"x": x}, ["x"])[0]["x"])
     assert np.abs(res[1]).max() > 0
     np.testing.assert_allclose(res[0], res[1], rtol=1e-6, atol=1e-6)
+
+
+# -- MaxPool windows that tile the input (2x2/2), and exact ties ----------------------------
+
+
+@pytest.mark.parametrize("kernel", [[2, 2], [2, 3], [3, 1]])
+def test_max_pool_tiled_windows(kernel):
+    xs = (2, 3, 6, 6)
+    attrs = {"kernel_shape": kernel, "strides": kernel}
+    check_op(
+        "MaxPool",
+        {"x": _r(*xs)},
+        attrs=attrs,
+        torch_fn=lambda x: F.max_pool2d(x, kernel, kernel),
+    )
+
+
+def test_max_pool_tiled_ties_go_to_the_first_tap_like_torch():
+    """Exact ties (repeated values, a window of equal values): only the first maximum in
+    row-major window order gets dY, as torch's kernel picks it. Central differences are not
+    defined at a tie, so torch alone is the reference here."""
+    x = np.array(
+        [[[[1.0, 1.0, 0.5, 2.0], [0.0, 1.0, 2.0, 2.0], [3.0, 3.0, 3.0, 3.0], [3.0, 3.0, 3.0, 3.0]]]]
+    )
+    x = np.concatenate([x, x[:, :, ::-1]], axis=1)  # two channels, the second mirrored
+    check_op(
+        "MaxPool",
+        {"x": x},
+        attrs={"kernel_shape": [2, 2], "strides": [2, 2]},
+        torch_fn=lambda x: F.max_pool2d(x, 2, 2),
+        fd_atol=1e9,
+    )
