@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import io
 import json
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +21,8 @@ from passes.ties import KEEP_TIES_KEY, UntieTensors
 from .errors import ModelError
 
 __all__ = ["from_torch"]
+
+_SCOPE = re.compile(r"^/(.+)/Clip(?:_\d+)?$")
 
 
 def from_torch(
@@ -44,7 +47,10 @@ def from_torch(
     names the batch and sequence axes. Its one defect, merging initializers of equal value
     into ``Identity`` aliases (``bn1.running_var = Identity(bn1.weight)`` in a fresh model), is
     undone here exactly: each alias is named after the torch tensor it stands for and becomes
-    that tensor's own initializer again.
+    that tensor's own initializer again. Clip nodes that torch's hardtanh (``nn.ReLU6``,
+    ``nn.Hardtanh``) became are written as ``Where(lo < x < hi, x, bound)``: the same values,
+    and hardtanh's gradient, which is zero at the bounds (the Clip rule follows
+    ``torch.clamp``, which passes it there; after a fresh BatchNorm exact zeros are common).
 
     ``exporter="dynamo"`` uses ``torch.onnx.export(..., dynamo=True, optimize=False)`` instead
     (eval mode only). Without its optimizer it keeps every name and merges nothing, and on the
@@ -195,8 +201,70 @@ def _canonical_names(module: Any, model: onnx.ModelProto) -> None:
             vi.name = rename[vi.name]
 
 
+def _is_hardtanh(module: Any, node: onnx.NodeProto, torch: Any) -> bool:
+    """True for a Clip node that torch's hardtanh (nn.ReLU6, nn.Hardtanh) was exported to."""
+    if any("aten.hardtanh" in p.value for p in node.metadata_props):  # dynamo
+        return True
+    match = _SCOPE.match(node.name)  # TorchScript: "/features/features.1/conv/conv.0/Clip"
+    if not match:
+        return False
+    # each scope is named relative to its parent's attribute: features.1 + conv.0 -> features.1.conv.0
+    path, last = "", ""
+    for seg in match.group(1).split("/"):
+        if last and seg.startswith(last + "."):
+            path = path[: len(path) - len(last)] + seg
+        else:
+            path = f"{path}.{seg}" if path else seg
+        last = seg
+    try:
+        sub = module.get_submodule(path)
+    except (AttributeError, ValueError):
+        return False
+    return isinstance(sub, torch.nn.Hardtanh)
+
+
+def _hardtanh_as_where(module: Any, model: onnx.ModelProto, torch: Any) -> None:
+    """Clip nodes from hardtanh become ``Where(lo < x < hi, x, Where(x <= lo, lo, hi))``.
+
+    The same values, and torch's hardtanh gradient, which is zero at the bounds; the Clip
+    gradient rule follows ``torch.clamp``, which passes it there. After a fresh BatchNorm
+    exact zeros are common, so ReLU6 networks (mobilenet_v2) would train differently.
+    """
+    nodes = []
+    for node in model.graph.node:
+        if (
+            node.op_type != "Clip"
+            or node.domain not in ("", "ai.onnx")
+            or len(node.input) != 3
+            or not all(node.input)
+            or not _is_hardtanh(module, node, torch)
+        ):
+            nodes.append(node)
+            continue
+        x, lo, hi = node.input
+        base = node.name or node.output[0]
+        out = {k: f"{base}/{k}" for k in ("above_lo", "below_hi", "inside", "at_lo", "bound")}
+        nodes += [
+            helper.make_node("Greater", [x, lo], [out["above_lo"]], name=out["above_lo"]),
+            helper.make_node("Less", [x, hi], [out["below_hi"]], name=out["below_hi"]),
+            helper.make_node(
+                "And", [out["above_lo"], out["below_hi"]], [out["inside"]], name=out["inside"]
+            ),
+            helper.make_node("LessOrEqual", [x, lo], [out["at_lo"]], name=out["at_lo"]),
+            helper.make_node("Where", [out["at_lo"], lo, hi], [out["bound"]], name=out["bound"]),
+            helper.make_node(
+                "Where", [out["inside"], x, out["bound"]], [node.output[0]], name=f"{base}/Where"
+            ),
+        ]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
 def _finish(module: Any, model: onnx.ModelProto, saved: Mapping[str, Any]):
+    import torch
+
     _canonical_names(module, model)
+    _hardtanh_as_where(module, model, torch)
     # Tracing in training mode runs forward once, which moves BatchNorm's running statistics
     # before the exporter reads them: write back the module's values from before the export.
     for init in model.graph.initializer:

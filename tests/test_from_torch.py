@@ -292,3 +292,37 @@ def test_dynamo_exporter_option():
         ax.from_torch(cnn, torch.randn(2, 3, 8, 8), exporter="dynamo", mode="train")
     with pytest.raises(ValueError, match="exporter must be"):
         ax.from_torch(cnn, torch.randn(2, 3, 8, 8), exporter="jit")
+
+
+class Relu6Net(nn.Module):
+    """Conv-BN-ReLU6 (fresh BN: exact zeros meet the bound) and a torch.clamp."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.act = nn.ReLU6()
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x):
+        h = self.act(self.bn(self.conv(x)))
+        return self.fc(torch.clamp(h.mean(dim=(2, 3)), -1.0, 1.0))
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_relu6_gradient_is_zero_at_the_bounds(exporter):
+    torch.manual_seed(0)
+    net = Relu6Net().eval()
+    model, names = ax.from_torch(net, torch.randn(2, 3, 8, 8), exporter=exporter)
+    assert sum(n.op_type == "Clip" for n in model.graph.node) == 1  # the clamp stays
+    assert sum(n.op_type == "Where" for n in model.graph.node) == 2  # ReLU6: Where(Where)
+    x = torch.randn(3, 3, 8, 8)
+    (got,) = ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    ).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        assert np.array_equal(got, net(x).numpy()) or np.allclose(got, net(x).numpy(), atol=1e-6)
+    data = _images(batch=4)
+    for x, _ in data:
+        x[:, :, :4] = 0.0  # zero windows: conv (no bias) and fresh BN give exact zeros
+    _train(net, model, names, data, "x")

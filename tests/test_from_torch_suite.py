@@ -45,10 +45,6 @@ XFAIL = {
     ("vit", "eval"): "TorchScript export: GradientError, rank of a Squeeze output unknown to the "
     "autodiff (Gather in self_attention), as in tests/test_real_models.py (dynamo: passes)",
     ("vit", "train"): "as in eval mode",
-    ("mobilenet_v2", "eval"): "Clip (ReLU6) gradient at the bounds: the autodiff rule passes "
-    "the gradient at x == 0 (torch.clamp), torch's hardtanh/ReLU6 does not; fresh BatchNorm "
-    "makes exact zeros: 8.5e-4 after 12 steps (8.3e-6 with an exclusive rule)",
-    ("mobilenet_v2", "train"): "as in eval mode (Clip at the bounds)",
 }
 
 
