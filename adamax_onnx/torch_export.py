@@ -54,8 +54,8 @@ def from_torch(
 
     ``exporter="dynamo"`` uses ``torch.onnx.export(..., dynamo=True, optimize=False)`` instead
     (eval mode only). Without its optimizer it keeps every name and merges nothing, and on the
-    suite of ``tests/test_from_torch_suite.py`` it trains like torch, ViT included (whose
-    TorchScript export the autodiff cannot differentiate yet). It is not the default because in
+    suite of ``tests/test_from_torch_suite.py`` it trains like torch. It is not the default
+    because in
     train mode it exports BatchNorm without ``training_mode`` (on running statistics: not
     torch's ``train()``), and with its default optimizer it folds BatchNorm into the Conv under
     the Conv's own name (undetectable), turns transposed weights into unnamed constants
@@ -302,6 +302,12 @@ def _finish(module: Any, model: onnx.ModelProto, saved: Mapping[str, Any]):
             UserWarning,
             stacklevel=2,
         )
+    # Value shapes for the gradient builder, which needs the rank of some tensors (the
+    # TorchScript export of torchvision's ViT attention does not say it): best effort.
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # the model stays as exported
+        pass
     return model, names
 
 
