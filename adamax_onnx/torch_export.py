@@ -56,10 +56,10 @@ def from_torch(
     (eval mode only). Without its optimizer it keeps every name and merges nothing, and on the
     suite of ``tests/test_from_torch_suite.py`` it trains like torch. It is not the default
     because in train mode it exports BatchNorm without ``training_mode`` (on running
-    statistics: not torch's ``train()``), and with its default optimizer it folds BatchNorm into the Conv under
-    the Conv's own name (undetectable), turns transposed weights into unnamed constants
-    (``val_0``), makes two LayerNorms share one initializer and drops zero biases (a fresh BERT:
-    41 parameters become 28). Dynamic axes are ``torch.export.Dim.AUTO``, renamed as above.
+    statistics: not torch's ``train()``), and with its default optimizer it folds BatchNorm
+    into the Conv under the Conv's own name (undetectable), turns transposed weights into
+    unnamed constants (``val_0``), makes two LayerNorms share one initializer and drops zero
+    biases (a fresh BERT: 41 parameters become 28). Dynamic axes are ``torch.export.Dim.AUTO``, renamed as above.
 
     Args:
         module: a ``torch.nn.Module``.
