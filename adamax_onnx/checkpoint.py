@@ -6,10 +6,10 @@ document (as a uint8 array) holding the format version, the model's identity, th
 names, and the SHA-256 of every array's bytes. ``save_checkpoint("dir/")`` writes
 ``dir/checkpoint.npz``; a path ending in ``.npz`` is used as is.
 
-Writing goes to a temporary file in the same folder, which is flushed, fsync'ed and renamed over
-the target, then the folder is fsync'ed: a crash leaves either the old or the new checkpoint.
-A crash mid-write can leave a ``.checkpoint-<pid>-*.tmp`` file behind; the next write in that
-folder removes those whose process is gone.
+Writing goes through :func:`adamax_onnx.atomic.write_atomically`: a temporary file in the same
+folder, flushed, fsync'ed and renamed over the target, then the folder fsync'ed: a crash leaves
+either the old or the new checkpoint. A crash mid-write can leave a ``.checkpoint-<pid>-*.tmp``
+file behind; the next write in that folder removes those whose process is gone.
 
 Reading checks, before returning anything: the zip structure (a truncated file has no central
 directory), each member's CRC, the JSON metadata's shape, the format tag, that every listed
@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomically
 from .errors import CheckpointError
 
 __all__ = ["checkpoint_file", "write_checkpoint", "read_checkpoint", "FORMAT"]
@@ -50,28 +50,6 @@ def _digest(arr: np.ndarray) -> str:
     return hashlib.sha256(np.asarray(arr, order="C").tobytes()).hexdigest()
 
 
-def _remove_stale_temps(folder: Path) -> None:
-    """Delete temp files of checkpoint writers that no longer run (killed mid-write)."""
-    for tmp in folder.glob(".checkpoint-*.tmp"):
-        parts = tmp.name.split("-")
-        if len(parts) < 3 or not parts[1].isdigit():
-            continue
-        pid = int(parts[1])
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # still running: maybe writing right now
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # alive, owned by someone else
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-
-
 def write_checkpoint(
     path: str | os.PathLike, arrays: Mapping[str, np.ndarray], meta: Mapping
 ) -> Path:
@@ -88,27 +66,7 @@ def write_checkpoint(
     )
     payload = {f"a{i}": np.asarray(arrays[n], order="C") for i, n in enumerate(names)}
     payload["__meta__"] = np.frombuffer(json.dumps(doc, sort_keys=True).encode("utf-8"), np.uint8)
-    _remove_stale_temps(target.parent)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".checkpoint-{os.getpid()}-", suffix=".tmp", dir=target.parent
-    )
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomically(target, lambda fh: np.savez(fh, **payload))
     return target
 
 

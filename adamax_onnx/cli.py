@@ -17,6 +17,7 @@ import numpy as np
 from passes.adamax import DEFAULT_BUCKET_SIZE
 
 from . import __version__
+from .atomic import save_model_atomically
 from .errors import AdamaxOnnxError
 
 #: Schedule / dynamic_lr arguments that are counts; other int values in a config file are
@@ -142,7 +143,6 @@ def _names(text: str | None) -> list[str]:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    import onnx
 
     from .api import build_training_model, load_model, trainable_params
     from .optimizer import AdaMax
@@ -178,7 +178,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         keep_ties=_names(args.keep_ties),
         dropout_seed=args.dropout_seed,
     )
-    onnx.save(train, args.out)
+    save_model_atomically(train, args.out)
     print(f"wrote {args.out}: {len(opt.param_names)} trained parameters, loss {args.loss!r}")
     return 0
 

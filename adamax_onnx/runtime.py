@@ -43,6 +43,7 @@ from passes.contract import (
 from passes.inference import extract_inference_model
 from passes.probe import extract_subgraph
 
+from .atomic import save_model_atomically
 from .checkpoint import read_checkpoint, write_checkpoint
 from .errors import CheckpointError, FeedError, LearningRateTableExhausted, ModelError
 from .safety import check_batch_values, label_ranges
@@ -667,13 +668,7 @@ class TrainingSession:
 
     def export_inference_model(self, path: str | os.PathLike) -> Path:
         """Write the original inference graph with the trained weights to ``path``."""
-        model = self.inference_model()
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        onnx.save(model, str(tmp))
-        os.replace(tmp, target)
-        return target
+        return save_model_atomically(self.inference_model(), path)
 
     def predict(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Run the inference graph on the current parameters (no update); returns its outputs."""

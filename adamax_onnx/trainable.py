@@ -42,6 +42,7 @@ from passes.contract import (
 )
 from passes.inference import embed_inference_graph, extract_inference_model
 
+from .atomic import save_model_atomically
 from .errors import ModelError
 
 __all__ = ["export_trainable_model", "training_model_from_trainable", "is_trainable_file"]
@@ -104,12 +105,7 @@ def export_trainable_model(training_model_or_session: Any, path: str | os.PathLi
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ModelError(f"the trainable model is not valid ONNX: {exc}") from exc
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    onnx.save(model, str(tmp))
-    os.replace(tmp, target)
-    return target
+    return save_model_atomically(model, path)
 
 
 def _to_trainable(train: onnx.ModelProto, values: Mapping[str, np.ndarray]) -> onnx.ModelProto:

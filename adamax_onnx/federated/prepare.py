@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..atomic import save_model_atomically
 from ..errors import FederatedError
 
 __all__ = ["build_model", "main"]
@@ -31,7 +32,6 @@ DEFAULT_LR = {"mlp": 0.01, "cnn": 0.01}
 
 def build_model(kind: str, out: str | Path, lr: float | None = None, seed: int = 0) -> Path:
     """Build and save the training model of the ``mlp`` or ``cnn`` example."""
-    import onnx
 
     from .. import AdaMax, build_training_model, trainable_params
 
@@ -49,7 +49,7 @@ def build_model(kind: str, out: str | Path, lr: float | None = None, seed: int =
     train = build_training_model(model, opt, loss="cross_entropy", label="labels")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(train, str(out))
+    save_model_atomically(train, out)
     return out
 
 
