@@ -158,9 +158,6 @@ DEFAULT_XFAIL = {
     "small_cnn_bn": FOLDS_BATCHNORM,
     "mobilenet_v2": FOLDS_BATCHNORM,
     "resnet18": FOLDS_BATCHNORM,
-    "vit": "TorchScript export without shape information: GradientError, rank of a Squeeze "
-    "output unknown to the autodiff (Gather in self_attention); from_torch runs ONNX shape "
-    "inference first",
 }
 
 
