@@ -50,6 +50,10 @@ from .safety import check_batch_values, label_ranges
 
 __all__ = ["TrainingSession"]
 
+#: Fed arrays smaller than this are copied into buffers bound once; larger ones are bound in
+#: place (a bind costs ~6 us, a 1 MiB copy ~50 us).
+_COPY_LIMIT = 1 << 20
+
 _ORT_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -261,6 +265,9 @@ class TrainingSession:
         # Data inputs bound once with bind_inputs (e.g. gradients already on the device); the
         # dict keeps the OrtValues alive, because a binding does not own the memory it reads.
         self._bound: dict[str, ort.OrtValue] = {}
+        self._expected_cache: tuple[frozenset, list[str], frozenset] | None = None
+        self._feed_specs: dict[str, tuple[Any, str, Any]] = {}
+        self._feed_slots: dict[str, tuple[tuple[int, ...], ort.OrtValue]] = {}
         self.last_overflow = False
 
     # -- construction ------------------------------------------------------------------------
@@ -302,14 +309,20 @@ class TrainingSession:
             raise FeedError(
                 f"feeds must be a dict of input name -> array, got {type(feeds).__name__}"
             )
-        expected = [n for n in self.contract.data_inputs if n not in self._bound]
+        # What a step takes changes only with bind_inputs: computed once per bound set (with
+        # 2,000 fed gradients, list membership tests here cost 17 ms a step).
+        key = frozenset(self._bound)
+        if self._expected_cache is None or self._expected_cache[0] != key:
+            names = [n for n in self.contract.data_inputs if n not in self._bound]
+            self._expected_cache = (key, names, frozenset(names))
+        _, expected, expected_set = self._expected_cache
         bound = [n for n in feeds if n in self._bound]
         if bound:
             raise FeedError(
                 f"input(s) {bound} are bound with bind_inputs; a step takes only {expected}"
             )
         missing = [n for n in expected if n not in feeds]
-        extra = [n for n in feeds if n not in expected]
+        extra = [n for n in feeds if n not in expected_set]
         if missing or extra:
             parts = []
             if missing:
@@ -319,9 +332,12 @@ class TrainingSession:
             raise FeedError(f"{'; '.join(parts)}; a step takes exactly {expected}")
         out: dict[str, np.ndarray] = {}
         symbols: dict[str, tuple[int, str]] = {}
+        specs = self._feed_specs
         for name in expected:
-            spec = self._inputs[name]
-            want = _ORT_TYPES.get(spec.type)
+            if name not in specs:  # NodeArg.type/.shape build new objects on every access
+                spec = self._inputs[name]
+                specs[name] = (_ORT_TYPES.get(spec.type), spec.type, spec.shape)
+            want, ort_type, shape = specs[name]
             arr = feeds[name]
             if not isinstance(arr, np.ndarray):
                 raise FeedError(
@@ -331,9 +347,8 @@ class TrainingSession:
             if want is not None and arr.dtype != want:
                 raise FeedError(
                     f"input {name!r} has dtype {arr.dtype}, expected {np.dtype(want).name} "
-                    f"({spec.type})"
+                    f"({ort_type})"
                 )
-            shape = spec.shape
             if shape is not None and len(shape) != arr.ndim:
                 raise FeedError(
                     f"input {name!r} has shape {list(arr.shape)}, expected rank {len(shape)} "
@@ -418,8 +433,23 @@ class TrainingSession:
         arrays = self._validate({} if feeds is None else feeds)
         self._check_tables()
         binding = self._bindings[self._cur]
+        slots = self._feed_slots
         for name, arr in arrays.items():
-            binding.bind_cpu_input(name, arr)
+            # A fed array is copied into an OrtValue bound once in both bindings (0.7 us a
+            # tensor) rather than bound anew (6 us: 12 ms a step with 2,000 fed gradients);
+            # a new shape (a ragged last batch) binds a new buffer.
+            if arr.nbytes >= _COPY_LIMIT:  # large: bound where it is (a copy would cost more)
+                slots.pop(name, None)  # the other binding still holds the old slot: drop it
+                binding.bind_cpu_input(name, arr)
+                continue
+            slot = slots.get(name)
+            if slot is not None and slot[0] == arr.shape:
+                slot[1].update_inplace(arr)
+                continue
+            value = ort.OrtValue.ortvalue_from_numpy(np.array(arr, order="C", copy=True))
+            slots[name] = (arr.shape, value)
+            for b in self._bindings:
+                b.bind_ortvalue_input(name, value)
         self.session.run_with_iobinding(binding)
         self._cur = 1 - self._cur
         self.last_overflow = (

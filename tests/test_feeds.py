@@ -204,3 +204,38 @@ def test_predict_feeds_are_checked(train_model):
             sess.predict(bad)
     (out,) = sess.predict({"input": x})
     assert out.shape == (N, CLASSES)
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [[4, 3, 4, 4, 2, 4], [30000, 4, 30000, 4, 4]],  # 30000 rows: 1.4 MiB, bound in place
+    ids=["small", "large-small"],
+)
+def test_batch_sizes_changing_between_steps_train_like_a_plain_loop(train_model, sizes):
+    """Fed arrays are copied into buffers bound once (a new batch size binds new ones), large
+    ones are bound in place. The losses and parameters equal a plain onnxruntime loop over the
+    same model (the README's recipe: start from the ``.initial`` values, feed every
+    ``X.updated`` back as ``X``)."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from passes.contract import read_contract
+
+    sess = ax.TrainingSession(train_model)
+    plain = ort.InferenceSession(
+        train_model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    contract = read_contract(train_model)
+    inits = {i.name: numpy_helper.to_array(i) for i in train_model.graph.initializer}
+    state = {name: inits[initial] for name, initial in contract.initial.items()}
+    outputs = [o.name for o in plain.get_outputs()]
+    for step, n in enumerate(sizes):
+        batch = good(n)
+        batch["input"] = batch["input"] * (1 + step)  # a different batch every step
+        got = sess.step(batch)
+        out = dict(zip(outputs, plain.run(None, {**batch, **state}), strict=True))
+        for name in state:  # a fixed learning rate is an input with no update
+            state[name] = out.get(f"{name}.updated", state[name])
+        np.testing.assert_allclose(got, out["loss"], rtol=1e-6, err_msg=f"step {step}")
+    for p, value in sess.parameters().items():
+        np.testing.assert_allclose(value, state[p], rtol=1e-6, atol=1e-7, err_msg=p)
