@@ -167,10 +167,15 @@ def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
                 f"the automatic upgrade failed ({str(exc).splitlines()[0] if str(exc) else exc})"
                 f": re-export the model with opset_version >= {MIN_OPSET}"
             ) from exc
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # shape facts are best effort; rules that need one say so
-        pass
+    # Shape facts are best effort (rules that need one say so); data propagation finds more
+    # static sizes but fails on some exports where plain inference still works.
+    for data_prop in (True, False):
+        try:
+            return onnx.shape_inference.infer_shapes(
+                model, strict_mode=False, data_prop=data_prop
+            )
+        except Exception:
+            continue
     return model
 
 
