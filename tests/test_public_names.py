@@ -1,12 +1,13 @@
-"""Every module and name the README documents is reachable from one ``import adamax_onnx as ax``.
+"""Every module and name the documentation documents is reachable from one ``import adamax_onnx as ax``.
 
 The package is imported once; everything else is reached with ``getattr`` from it (no further
 ``import adamax_onnx...``), as a user of ``ax.schedules.CosineDecayLR(...)`` would. The names come
 from two places:
 
-* the README itself: every ``ax.<dotted>`` / ``adamax_onnx.<dotted>`` it mentions, every
-  ``sess.<name>`` / ``TrainingSession.<name>``, and every error class it names in backticks, so
-  the test fails when the README documents a name that does not exist;
+* the documentation itself (README.md and every ``docs/*.md``): every ``ax.<dotted>`` /
+  ``adamax_onnx.<dotted>`` it mentions, every ``sess.<name>`` / ``TrainingSession.<name>``, and
+  every error class it names in backticks, so the test fails when a page documents a name that
+  does not exist;
 * an explicit list (the public API, each schedule, list helper and error class, the CLI entry).
 
 Inside pytest another test's ``import adamax_onnx.schedules`` would make ``ax.schedules`` exist
@@ -33,8 +34,12 @@ import pytest
 import adamax_onnx as ax
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The user documentation: the README and the pages it links in docs/.
+DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # ```js blocks show the JavaScript package (js/), whose TrainingSession has its own API.
-README = re.sub(r"```js\n.*?```", "", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+README = "\n".join(
+    re.sub(r"```js\n.*?```", "", path.read_text(encoding="utf-8"), flags=re.S) for path in DOC_FILES
+)
 
 # ``ax.X.Y`` / ``adamax_onnx.X.Y``, not inside a longer name (``torch.optim.Adamax``) and not
 # right after a quote: ``metadata_props["adamax_onnx.contract"]`` is a metadata key, a string.
@@ -42,12 +47,12 @@ _DOTTED = re.compile(r"(?<![\w.\"'])(?:ax|adamax_onnx)((?:\.[A-Za-z_]\w*)+)")
 _SESSION = re.compile(r"\b(?:sess|TrainingSession)\.([A-Za-z_]\w*)")
 _ERROR = re.compile(r"`([A-Z]\w*(?:Error|Exhausted))`")
 
-# Names the README gives that belong to other projects.
+# Names the documentation gives that belong to other projects.
 FOREIGN_ERRORS = {"ActorDiedError"}  # Ray's, in the Flower section
 
 
 def readme_names() -> list[str]:
-    """``ax.<dotted>`` for every package name the README mentions (``adamax_onnx.`` -> ``ax.``)."""
+    """``ax.<dotted>`` for every package name the docs mention (``adamax_onnx.`` -> ``ax.``)."""
     return sorted({"ax" + m.group(1) for m in _DOTTED.finditer(README)})
 
 
@@ -159,9 +164,12 @@ def unresolved(names) -> list[str]:
     return missing
 
 
-# -- the README is parsed as intended -------------------------------------------------------------
+# -- the documentation is parsed as intended --------------------------------------------------------
 def test_readme_parse_finds_the_documented_names():
-    # A regex that silently matched nothing would make the README checks vacuous.
+    # A regex that silently matched nothing, or a docs/ folder not found, would make the checks
+    # vacuous.
+    names = {path.name for path in DOC_FILES}
+    assert {"README.md", "parity.md", "reliability.md", "federated.md"} <= names, names
     for name in ("ax.AdaMax", "ax.TrainingSession", "ax.schedules", "ax.dynamic_lr", "ax.errors"):
         assert name in README_NAMES, name
     assert not any(n.startswith(("ax.contract", "ax.inference_graph")) for n in README_NAMES)
@@ -172,14 +180,14 @@ def test_readme_parse_finds_the_documented_names():
 # -- every name resolves ----------------------------------------------------------------------------
 @pytest.mark.parametrize("dotted", [n for n in README_NAMES if not is_federated(n)])
 def test_readme_name_resolves(dotted):
-    assert not unresolved([dotted]), f"README.md documents {dotted}, which does not exist"
+    assert not unresolved([dotted]), f"the docs document {dotted}, which does not exist"
 
 
 @pytest.mark.parametrize("dotted", [n for n in README_NAMES if is_federated(n)])
 def test_readme_federated_module_exists(dotted):
     # Importing these needs flwr; only check that the documented module is there.
     module = "adamax_onnx" + dotted[len("ax") :]
-    assert importlib.util.find_spec(module) is not None, f"README.md documents {module}"
+    assert importlib.util.find_spec(module) is not None, f"the docs document {module}"
 
 
 def test_every_name_resolves_in_a_fresh_interpreter():
