@@ -414,24 +414,12 @@ def build_training_model(
         with_loss = dropout(with_loss).model
     except (BatchNormError, DropoutError) as exc:
         raise ModelError(str(exc)) from exc
-    gradients = BuildGradients(
-        loss_name, optimizer.param_names, seed=optimizer.loss_scale, builder=gradient_builder
-    )
     try:
-        grads = gradients(with_loss).model
+        grads = BuildGradients(
+            loss_name, optimizer.param_names, seed=optimizer.loss_scale, builder=gradient_builder
+        )(with_loss).model
     except GradientBuildError as exc:
-        # A rule may need a rank the file does not state (TorchScript exports of torchvision's
-        # ViT): once more with ONNX shape inference's value shapes.
-        try:
-            inferred = onnx.shape_inference.infer_shapes(with_loss, strict_mode=False)
-        except Exception:
-            inferred = None
-        if inferred is None or len(inferred.graph.value_info) <= len(with_loss.graph.value_info):
-            raise GradientError(str(exc)) from exc
-        try:
-            grads = gradients(inferred).model
-        except GradientBuildError:
-            raise GradientError(str(exc)) from exc
+        raise GradientError(str(exc)) from exc
     train = AdaMaxPass(optimizer, bucket_size=bucket_size)(grads).model
     train, guard = apply_guard(
         train, optimizer.param_names, loss_name, skip_nonfinite, loss_scale_manager
