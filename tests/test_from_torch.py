@@ -24,6 +24,7 @@ from torch import nn
 import adamax_onnx as ax
 from tests.real_models import RNNClassifier
 from tests.test_ties import FreshCNN
+from tests.tiny_gpt2 import Logits, tiny_gpt2_lm
 from tests.torch_adamax import TorchAdaMax
 from tests.torch_compat import transformers_available
 
@@ -141,30 +142,7 @@ def test_layer_applied_twice_keeps_its_tie():
 @pytest.mark.slow
 @pytest.mark.skipif(not transformers_available(), reason="needs transformers")
 def test_gpt2_language_model_token_loss():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        vocab_size=40,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=16,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-
-    class LM(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gpt = GPT2LMHeadModel(cfg)
-
-        def forward(self, input_ids):
-            return self.gpt(input_ids=input_ids).logits
-
-    lm = LM().eval()
+    lm = Logits(tiny_gpt2_lm(seed=0)).eval()
     model, names = ax.from_torch(lm, torch.randint(0, 40, (2, 6)))
     assert names == [n for n, _ in lm.named_parameters()]  # wte once: tied to the LM head
     out_dims = [

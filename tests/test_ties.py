@@ -21,6 +21,7 @@ from torch import nn
 
 import adamax_onnx as ax
 from passes.ties import RetieFoldedCopies, UntieTensors, find_ties
+from tests.tiny_gpt2 import Logits, tiny_gpt2_lm
 from tests.torch_adamax import TorchAdaMax
 from tests.torch_compat import transformers_available
 
@@ -174,29 +175,7 @@ def test_dynamo_transformer_shared_layernorm_and_folded_constants():
 @pytest.mark.slow
 @pytest.mark.skipif(not transformers_available(), reason="needs transformers")
 def test_fresh_gpt2_aliases_untied_lm_head_tie_kept():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        vocab_size=40,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=16,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-    lm = GPT2LMHeadModel(cfg).eval()
-
-    class Logits(nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids):
-            return self.inner(input_ids=input_ids).logits
+    lm = tiny_gpt2_lm(seed=0).eval()
 
     module = Logits(lm)
     gen = torch.Generator().manual_seed(2)
@@ -392,30 +371,7 @@ def test_folded_transposed_copy_is_retied():
 def test_gpt2_default_export_trains_like_torch():
     """torch.onnx.export defaults (constant folding): the LM head becomes a folded copy of the
     embedding and 14 fresh LayerNorm/bias tensors become aliases; both are repaired."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        vocab_size=40,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=16,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(0)
-
-    class Logits(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.gpt = GPT2LMHeadModel(cfg)
-
-        def forward(self, input_ids):
-            return self.gpt(input_ids=input_ids).logits
-
-    module = Logits().eval()
+    module = Logits(tiny_gpt2_lm(seed=0)).eval()
     gen = torch.Generator().manual_seed(3)
     data = [
         (torch.randint(0, 40, (2, 6), generator=gen), torch.randint(0, 40, (2, 6), generator=gen))
@@ -428,7 +384,7 @@ def test_gpt2_default_export_trains_like_torch():
         warnings.simplefilter("always")
         train = ax.build_training_model(model, ax.AdaMax(names, learning_rate=LR))
     warned = " ".join(str(w.message) for w in caught if w.category is UserWarning)
-    assert "transposed copy of 'gpt.transformer.wte.weight'" in warned
+    assert "transposed copy of 'inner.transformer.wte.weight'" in warned
     assert "untied 14 tensor(s)" in warned
     sess = ax.TrainingSession(train)
     losses = [float(sess.step({"input_ids": x.numpy(), "labels": y.numpy()})) for x, y in data]

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import adamax_onnx as ax
 from models.mlp import build_mlp
+from tests.tiny_gpt2 import Logits, tiny_gpt2_lm
 from tests.torch_adamax import TorchAdaMax
 from tests.torch_compat import transformers_available
 
@@ -244,35 +245,12 @@ def test_bad_ignore_index():
 
 # -- GPT-2 (transformers) ---------------------------------------------------------------------
 def _gpt2(seed=0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    cfg = GPT2Config(
-        vocab_size=40,
-        n_embd=16,
-        n_layer=2,
-        n_head=2,
-        n_positions=16,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        attn_implementation="eager",
-    )
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(cfg).eval()
+    model = tiny_gpt2_lm(seed).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # distinct values: no merged initializers (see tests/test_ties.py)
         for p in model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
     return model
-
-
-class _Logits(torch.nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, input_ids):
-        return self.inner(input_ids=input_ids).logits
 
 
 class _OwnLoss(torch.nn.Module):
@@ -322,7 +300,7 @@ def _gpt2_data(seed=3, batch=2, seq=7):
 @pytest.mark.parametrize("own_loss", [False, True], ids=["token_ce", "own_loss"])
 def test_gpt2_lm_trains_like_torch(own_loss):
     lm = _gpt2()
-    wrapper = _OwnLoss(lm) if own_loss else _Logits(lm)
+    wrapper = _OwnLoss(lm) if own_loss else Logits(lm)
     data = _gpt2_data()
     ids0, labels0 = data[0]
     if own_loss:
