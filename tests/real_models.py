@@ -18,8 +18,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
-import os
-import sys
 import types
 import warnings
 from collections.abc import Callable
@@ -32,36 +30,15 @@ from onnx import numpy_helper
 from torch import nn
 
 from tests.torch_adamax import TorchAdaMax
+from tests.torch_compat import bare_torchvision
 
 OPSET = 18
 LR = 1e-3
 
 
 # -- optional model libraries ------------------------------------------------------------------
-def bare_torchvision() -> bool:
-    """Make ``import torchvision`` skip torchvision's ``__init__``; False when not installed.
-
-    The PyPI torchvision wheel is a CUDA build whose C++ ops do not load beside the CPU torch
-    (``operator torchvision::nms does not exist`` when ``torchvision/__init__`` registers their
-    meta kernels). The model classes need none of them: ``torchvision`` becomes a bare package
-    from which ``torchvision.models`` imports (it needs Pillow, for ``torchvision.transforms``).
-    Done before transformers is used too: transformers imports torchvision when installed.
-    """
-    if "torchvision" in sys.modules:
-        return True
-    spec = importlib.util.find_spec("torchvision")
-    if spec is None or spec.origin is None:
-        return False
-    pkg = types.ModuleType("torchvision")
-    pkg.__path__ = [os.path.dirname(spec.origin)]
-    pkg.__file__ = spec.origin
-    pkg.__spec__ = spec
-    sys.modules["torchvision"] = pkg
-    return True
-
-
 def import_torchvision_models() -> types.ModuleType:
-    """``torchvision.models`` without torchvision's compiled ops (see :func:`bare_torchvision`)."""
+    """``torchvision.models`` without torchvision's compiled ops (:func:`tests.torch_compat.bare_torchvision`)."""
     if not bare_torchvision():
         raise ImportError("torchvision is not installed")
     import torchvision.models as tvm
