@@ -217,10 +217,7 @@ def _weight_correlation(
             and strides[k] == 1
             and (
                 ends[k] == _INT64_MAX
-                or (
-                    x_spatial[k] is not None
-                    and ends[k] >= x_spatial[k] + pads[k] + pads[n_sp + k]
-                )
+                or (x_spatial[k] is not None and ends[k] >= x_spatial[k] + pads[k] + pads[n_sp + k])
             )
             for k in range(n_sp)
         )
@@ -331,21 +328,29 @@ def _flipped_weight(ctx, w, w_dims, group, n_sp):
 # -- Conv -------------------------------------------------------------------------------------
 
 
+def _conv_geometry(ctx, op: str):
+    """(rank, spatial axes, W dims, kernel, strides, dilations, group, dilated kernel) of a
+    Conv or ConvTranspose node (its X, W inputs 0 and 1)."""
+    x, w = ctx.x(0), ctx.x(1)
+    rank = ctx.rank(x) if ctx.dims(x) is not None else ctx.rank(w)
+    n_sp = rank - 2
+    if n_sp < 1:
+        raise Unsupported(f"{op} needs at least one spatial axis")
+    w_dims, kernel = _kernel_dims(ctx, w, n_sp)
+    strides = [int(s) for s in ctx.attr("strides", [1] * n_sp)]
+    dilations = [int(d) for d in ctx.attr("dilations", [1] * n_sp)]
+    group = int(ctx.attr("group", 1))
+    kernel_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    return rank, n_sp, w_dims, kernel, strides, dilations, group, kernel_eff
+
+
 @rule("Conv", since=1)
 def conv(ctx, dys):
     """Y = Conv(X, W) + B: dX = Conv (stride 1) or ConvTranspose of dY with W, dW = a
     correlation of X and dY, dB = dY summed over all but the channel axis."""
     (dy,) = dys
     x, w, b = ctx.x(0), ctx.x(1), ctx.x(2)
-    rank = ctx.rank(x) if ctx.dims(x) is not None else ctx.rank(w)
-    n_sp = rank - 2
-    if n_sp < 1:
-        raise Unsupported("Conv needs at least one spatial axis")
-    w_dims, kernel = _kernel_dims(ctx, w, n_sp)
-    strides = [int(s) for s in ctx.attr("strides", [1] * n_sp)]
-    dilations = [int(d) for d in ctx.attr("dilations", [1] * n_sp)]
-    group = int(ctx.attr("group", 1))
-    kernel_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    rank, n_sp, w_dims, kernel, strides, dilations, group, kernel_eff = _conv_geometry(ctx, "Conv")
     spatial = _spatial(ctx, x, n_sp)
     begins, ends = _window_pads(ctx, spatial, kernel_eff, strides, n_sp)
     out_sp = [
@@ -400,16 +405,10 @@ def conv_transpose(ctx, dys):
     """
     (dy,) = dys
     x, w, b = ctx.x(0), ctx.x(1), ctx.x(2)
-    rank = ctx.rank(x) if ctx.dims(x) is not None else ctx.rank(w)
-    n_sp = rank - 2
-    if n_sp < 1:
-        raise Unsupported("ConvTranspose needs at least one spatial axis")
-    w_dims, kernel = _kernel_dims(ctx, w, n_sp)
-    strides = [int(s) for s in ctx.attr("strides", [1] * n_sp)]
-    dilations = [int(d) for d in ctx.attr("dilations", [1] * n_sp)]
-    group = int(ctx.attr("group", 1))
+    rank, n_sp, w_dims, kernel, strides, dilations, group, kernel_eff = _conv_geometry(
+        ctx, "ConvTranspose"
+    )
     opad = [int(p) for p in ctx.attr("output_padding", [0] * n_sp)]
-    kernel_eff = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
     if any(p >= s for p, s in zip(opad, strides, strict=True)):
         raise Unsupported("output_padding >= stride is not supported")
     spatial = _spatial(ctx, x, n_sp)
