@@ -19,28 +19,27 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.adamax import DEFAULT_BUCKET_SIZE, AdaMaxPass
-from passes.batchnorm import BatchNormError, DecomposeBatchNorm, to_eval_mode
-from passes.builder import IR_VERSION, OPSET
-from passes.chunking import ChunkUpdates
-from passes.contract import (
+from .errors import GradientError, LoweringError, ModelError
+from .loss_scale import LossScaleManager, apply_guard
+from .optimizer import AdaMax, decays
+from .passes.adamax import DEFAULT_BUCKET_SIZE, AdaMaxPass
+from .passes.batchnorm import BatchNormError, DecomposeBatchNorm, to_eval_mode
+from .passes.builder import IR_VERSION, OPSET
+from .passes.chunking import ChunkUpdates
+from .passes.contract import (
     Contract,
     detach_initial_values,
     grad_name,
     lr_input_name,
     write_contract,
 )
-from passes.dropout import DropoutError, SeededDropout
-from passes.gradients import BuildGradients, GradientBuilder, GradientBuildError
-from passes.inference import embed_inference_graph
-from passes.loss import LOSS_NAME, AttachLoss
-from passes.lowering import LowerToStandard, UnloweredOpsError
-from passes.sequences import SplitSequencesToSlices
-from passes.ties import KEEP_TIES_KEY, RetieFoldedCopies, UntieTensors, is_generated_name
-
-from .errors import GradientError, LoweringError, ModelError
-from .loss_scale import LossScaleManager, apply_guard
-from .optimizer import AdaMax, decays
+from .passes.dropout import DropoutError, SeededDropout
+from .passes.gradients import BuildGradients, GradientBuilder, GradientBuildError
+from .passes.inference import embed_inference_graph
+from .passes.loss import LOSS_NAME, AttachLoss
+from .passes.lowering import LowerToStandard, UnloweredOpsError
+from .passes.sequences import SplitSequencesToSlices
+from .passes.ties import KEEP_TIES_KEY, RetieFoldedCopies, UntieTensors, is_generated_name
 from .safety import check_in_memory_model, load_model_file
 
 __all__ = ["trainable_params", "build_training_model", "build_optimizer_model", "load_model"]

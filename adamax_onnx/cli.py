@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from passes.adamax import DEFAULT_BUCKET_SIZE
-
 from . import __version__
 from .atomic import save_model_atomically
 from .errors import AdamaxOnnxError
+from .passes.adamax import DEFAULT_BUCKET_SIZE
 
 #: Schedule / dynamic_lr arguments that are counts; other int values in a config file are
 #: read as floats (a config may say 0 for 0.0, while the schedules insist on float, as MindSpore).

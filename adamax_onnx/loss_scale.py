@@ -30,7 +30,7 @@ from typing import Any
 
 import onnx
 
-from passes.nonfinite import OVERFLOW, GuardNonFinite, LossScaleSpec
+from .passes.nonfinite import OVERFLOW, GuardNonFinite, LossScaleSpec
 
 __all__ = [
     "LossScaleManager",

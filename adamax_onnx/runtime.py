@@ -27,8 +27,11 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from passes.chunking import DEFAULT_CHUNK_SIZE, ChunkUpdates
-from passes.contract import (
+from .atomic import save_model_atomically
+from .checkpoint import read_checkpoint, write_checkpoint
+from .errors import CheckpointError, FeedError, LearningRateTableExhausted, ModelError
+from .passes.chunking import DEFAULT_CHUNK_SIZE, ChunkUpdates
+from .passes.contract import (
     BETA1_POWER,
     GLOBAL_STEP,
     Contract,
@@ -40,12 +43,8 @@ from passes.contract import (
     v_name,
     weight_decay_current_name,
 )
-from passes.inference import extract_inference_model
-from passes.probe import extract_subgraph
-
-from .atomic import save_model_atomically
-from .checkpoint import read_checkpoint, write_checkpoint
-from .errors import CheckpointError, FeedError, LearningRateTableExhausted, ModelError
+from .passes.inference import extract_inference_model
+from .passes.probe import extract_subgraph
 from .safety import check_batch_values, label_ranges
 
 __all__ = ["TrainingSession"]
@@ -469,7 +468,7 @@ class TrainingSession:
     @property
     def loss_scale(self) -> float | None:
         """The current dynamic loss scale (graph state), or None without a dynamic manager."""
-        from passes.nonfinite import LOSS_SCALE
+        from .passes.nonfinite import LOSS_SCALE
 
         if LOSS_SCALE not in self._state_names:
             return None

@@ -77,7 +77,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # only for annotations: the builder lives in the graph-pass package
-    from passes.builder import GraphBuilder
+    from .passes.builder import GraphBuilder
 
 __all__ = [
     "LearningRateSchedule",

@@ -16,9 +16,8 @@ from typing import Any
 import onnx
 from onnx import helper, numpy_helper
 
-from passes.ties import KEEP_TIES_KEY, UntieTensors
-
 from .errors import ModelError
+from .passes.ties import KEEP_TIES_KEY, UntieTensors
 
 __all__ = ["from_torch"]
 

@@ -32,7 +32,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from passes.contract import (
+from .atomic import save_model_atomically
+from .errors import ModelError
+from .passes.contract import (
     INFERENCE_GRAPH_KEY,
     attach_initial_values,
     detach_initial_values,
@@ -40,10 +42,7 @@ from passes.contract import (
     read_contract,
     updated,
 )
-from passes.inference import embed_inference_graph, extract_inference_model
-
-from .atomic import save_model_atomically
-from .errors import ModelError
+from .passes.inference import embed_inference_graph, extract_inference_model
 
 __all__ = ["export_trainable_model", "training_model_from_trainable", "is_trainable_file"]
 

@@ -33,9 +33,9 @@ def _has_ort_builder() -> bool:
 
 
 def _cases():
-    from models.cnn import build_cnn
-    from models.mlp import build_mlp
-    from models.transformer import build_transformer
+    from adamax_onnx.models.cnn import build_cnn
+    from adamax_onnx.models.mlp import build_mlp
+    from adamax_onnx.models.transformer import build_transformer
 
     rng = np.random.default_rng(0)
     return {
@@ -51,8 +51,8 @@ def _cases():
 
 def graph(threads: int, quick: bool, log=print) -> list[dict]:
     import adamax_onnx as ax
-    from passes.autodiff import AutodiffBuilder
-    from passes.gradients import OrtGradientBuilder
+    from adamax_onnx.passes.autodiff import AutodiffBuilder
+    from adamax_onnx.passes.gradients import OrtGradientBuilder
 
     records = []
     rng = np.random.default_rng(1)
@@ -90,7 +90,7 @@ def graph(threads: int, quick: bool, log=print) -> list[dict]:
 
 def build(threads: int, quick: bool, log=print) -> list[dict]:
     import adamax_onnx as ax
-    from models.transformer import build_transformer
+    from adamax_onnx.models.transformer import build_transformer
 
     records = []
     for layers in (2, 20) if quick else (2, 10, 20):

@@ -84,7 +84,7 @@ def probe(case: str) -> dict:
         activation_bytes = 0  # an optimizer model has no forward pass
         del params
     else:
-        from models.mlp import build_mlp
+        from adamax_onnx.models.mlp import build_mlp
 
         inference = build_mlp(hidden=(2048, 2048))
         names = ax.trainable_params(inference)

@@ -1,7 +1,7 @@
 """Optimizer step alone: adamax-onnx vs torch.optim.Adamax vs numpy vs the bandwidth floor.
 
 For each parameter set (one 16M tensor, 100 x 160K, 2,000 x 1K, the parameters of the models in
-``models/``) it times, interleaved in one process:
+``adamax_onnx/models/``) it times, interleaved in one process:
 
 * ``adamax-onnx``: ``build_optimizer_model`` + ``TrainingSession.step()`` with the defaults, the
   gradients bound once as OrtValues with ``TrainingSession.bind_inputs`` (they are "already on
@@ -41,9 +41,9 @@ LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
 def model_shapes() -> dict[str, list[tuple[int, ...]]]:
     """Trainable parameter shapes of the bundled models (default sizes)."""
     import adamax_onnx as ax
-    from models.cnn import build_cnn
-    from models.mlp import build_mlp
-    from models.transformer import build_transformer
+    from adamax_onnx.models.cnn import build_cnn
+    from adamax_onnx.models.mlp import build_mlp
+    from adamax_onnx.models.transformer import build_transformer
 
     out = {}
     for label, model in (

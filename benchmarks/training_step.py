@@ -84,9 +84,9 @@ def _onnx_step(model, x: np.ndarray, y: np.ndarray, threads: int, **build):
 
 
 def run(threads: int, quick: bool, log=print) -> list[dict]:
-    from models.cnn import build_cnn
-    from models.data import load_digits_split
-    from models.mlp import build_mlp
+    from adamax_onnx.models.cnn import build_cnn
+    from adamax_onnx.models.data import load_digits_split
+    from adamax_onnx.models.mlp import build_mlp
 
     x_flat, y, _, _ = load_digits_split()
     x_img = np.ascontiguousarray(x_flat.reshape(-1, 1, 8, 8))

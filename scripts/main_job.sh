@@ -10,8 +10,8 @@ AX=.venv/bin/adamax-onnx
 mkdir -p "$OUT"
 
 echo "== 1. build the inference model and the dataset"
-$PY -m models.mlp --out "$OUT/mlp.onnx"
-$PY -m models.data --out "$OUT/digits"
+$PY -m adamax_onnx.models.mlp --out "$OUT/mlp.onnx"
+$PY -m adamax_onnx.models.data --out "$OUT/digits"
 
 echo "== 2. build the training model (loss + gradients + AdaMax update in one ONNX graph)"
 $AX build "$OUT/mlp.onnx" -o "$OUT/mlp.train.onnx" --loss cross_entropy --lr 0.01

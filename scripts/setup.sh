@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv with adamax-onnx and its pinned dependencies (requirements-lock.txt): stock
 # onnxruntime, onnx, onnx_ir, numpy; no onnxruntime-training (gradients come from our own
-# autodiff pass, passes/autodiff).
+# autodiff pass, adamax_onnx/passes/autodiff).
 #   bash scripts/setup.sh               # library + examples (the main job)
 #   bash scripts/setup.sh --federated   # + Flower (scripts/federated*.sh)
 #   bash scripts/setup.sh --test        # + Flower + test tools (pytest, torch CPU, transformers)

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from passes.autodiff import differentiate
+from adamax_onnx.passes.autodiff import differentiate
 
 __all__ = ["check_op", "check_graph", "run_gradients"]
 

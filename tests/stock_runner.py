@@ -3,7 +3,7 @@
 Run by tests/test_portability.py with the interpreter of the second virtual environment
 (``.venv-stock``, made by scripts/stock_venv.sh), where onnxruntime is the ordinary package and
 adamax_onnx is not importable: this is what a user's deployment does. The binding follows the
-naming contract of passes/contract.py: every graph input ``X`` with an output ``X.updated`` is
+naming contract of adamax_onnx/passes/contract.py: every graph input ``X`` with an output ``X.updated`` is
 state fed back each step (reshaped to the input's shape: chunk layout), its initial value the
 initializer ``X.initial`` (the contract's ``initial`` map); the other inputs listed there (fixed
 learning rates) are fed their initial value every step; the batch inputs and the loss output

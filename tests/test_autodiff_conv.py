@@ -1,4 +1,4 @@
-"""Gradient rules of passes/autodiff/rules/conv.py against torch autograd and central differences."""
+"""Gradient rules of adamax_onnx/passes/autodiff/rules/conv.py against torch autograd and central differences."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def _conv_torch(attrs, xs, ws):
 def dw_form(request, monkeypatch):
     """Both forms of dW: per-tap products (many channels) and one Conv (few channels); the
     choice depends on the channel counts, so each test case is run through both."""
-    from passes.autodiff.rules import conv
+    from adamax_onnx.passes.autodiff.rules import conv
 
     monkeypatch.setattr(conv, "_MIN_CHANNEL_PRODUCT", 0 if request.param == "per_tap" else 10**9)
     return request.param
@@ -292,7 +292,7 @@ def test_conv_transpose_same_upper(fixed_reference):
 
 
 def test_conv_transpose_odd_output_shape_is_unsupported():
-    from passes.autodiff.errors import GradientBuildError
+    from adamax_onnx.passes.autodiff.errors import GradientBuildError
 
     with pytest.raises(GradientBuildError, match="odd"):
         check_op(
@@ -648,7 +648,7 @@ def test_resize_runtime_sizes(opset):
 
 
 def test_resize_cubic_is_unsupported():
-    from passes.autodiff.errors import GradientBuildError
+    from adamax_onnx.passes.autodiff.errors import GradientBuildError
 
     with pytest.raises(GradientBuildError, match="cubic"):
         _resize((1, 1, 3, 3), {"mode": "cubic"}, scales=[1, 1, 2, 2])
@@ -705,7 +705,7 @@ def test_symbolic_spatial_stride1():
 def test_symbolic_spatial_unsupported():
     from onnx import helper
 
-    from passes.autodiff.errors import GradientBuildError
+    from adamax_onnx.passes.autodiff.errors import GradientBuildError
 
     conv = helper.make_node("Conv", ["x", "w"], ["y"], strides=[2, 2])
     with pytest.raises(GradientBuildError, match="static spatial sizes"):

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
-from passes.autodiff import differentiate
-from passes.autodiff.errors import GradientBuildError
+from adamax_onnx.passes.autodiff import differentiate
+from adamax_onnx.passes.autodiff.errors import GradientBuildError
 from tests.gradcheck import check_graph, check_op, make_node
 
 RNG = np.random.default_rng(1234)

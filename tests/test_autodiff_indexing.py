@@ -1,4 +1,4 @@
-"""Gradient rules of indexing ops (passes/autodiff/rules/indexing.py) against float64 central
+"""Gradient rules of indexing ops (adamax_onnx/passes/autodiff/rules/indexing.py) against float64 central
 differences and torch autograd, with a symbolic batch dim."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import helper
 
-from passes.autodiff.errors import GradientBuildError
+from adamax_onnx.passes.autodiff.errors import GradientBuildError
 from tests.gradcheck import check_graph, check_op
 
 RNG = np.random.default_rng(0)

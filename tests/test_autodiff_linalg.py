@@ -8,8 +8,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from passes.autodiff import differentiate
-from passes.autodiff.errors import GradientBuildError
+from adamax_onnx.passes.autodiff import differentiate
+from adamax_onnx.passes.autodiff.errors import GradientBuildError
 from tests.gradcheck import check_op
 
 

@@ -1,4 +1,4 @@
-"""Gradient rules of the normalizations (passes/autodiff/rules/normalization.py), checked with
+"""Gradient rules of the normalizations (adamax_onnx/passes/autodiff/rules/normalization.py), checked with
 tests/gradcheck.py against float64 central differences and torch autograd."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from onnx import helper
 
-from passes.autodiff.errors import GradientBuildError
+from adamax_onnx.passes.autodiff.errors import GradientBuildError
 from tests.gradcheck import _graph, check_graph, check_op, run_gradients
 
 

@@ -237,7 +237,7 @@ def test_other_float_types(op, dtype):
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    from passes.autodiff import differentiate
+    from adamax_onnx.passes.autodiff import differentiate
 
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     x = OPS[op][2](SHAPE)

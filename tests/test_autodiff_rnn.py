@@ -285,7 +285,7 @@ def test_torch_nn_agrees_with_reference():
     ],
 )
 def test_unsupported_variants(kind, attrs):
-    from passes.autodiff.errors import GradientBuildError
+    from adamax_onnx.passes.autodiff.errors import GradientBuildError
 
     inputs, order = _inputs(kind, 1, 0)
     with pytest.raises(GradientBuildError, match=kind):
@@ -339,7 +339,7 @@ def _check_ort_vs_torch(
     import torch
     from onnx import helper, numpy_helper
 
-    from passes.autodiff import differentiate
+    from adamax_onnx.passes.autodiff import differentiate
 
     nd = 2 if direction == "bidirectional" else 1
     inputs, order = _inputs(kind, nd, layout, peep=peep)
@@ -491,7 +491,7 @@ def test_torch_export_end_to_end(cls, perm, kwargs):
     import torch
     from onnx import helper, numpy_helper
 
-    from passes.autodiff import differentiate
+    from adamax_onnx.passes.autodiff import differentiate
 
     torch.manual_seed(0)
     m = getattr(torch.nn, cls)(IN, H, **kwargs)

@@ -1,4 +1,4 @@
-"""Gradient rules of shape and layout ops (passes/autodiff/rules/shape.py) against float64
+"""Gradient rules of shape and layout ops (adamax_onnx/passes/autodiff/rules/shape.py) against float64
 central differences and torch autograd, with a symbolic batch dim."""
 
 from __future__ import annotations
@@ -420,7 +420,7 @@ def test_exported_transformer_fragment(opset):
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    from passes.autodiff import differentiate
+    from adamax_onnx.passes.autodiff import differentiate
 
     torch.manual_seed(0)
     model = _Fragment().eval()

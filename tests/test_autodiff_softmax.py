@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper
 
-from passes.autodiff import differentiate
+from adamax_onnx.passes.autodiff import differentiate
 from tests.gradcheck import check_op, run_gradients
 
 
@@ -198,7 +198,7 @@ def test_cross_entropy_graph_is_small():
 
 
 def _torch_transformer(p, ids, labels, heads):
-    """models.build_transformer's forward and AttachLoss's mean cross-entropy, in torch."""
+    """adamax_onnx.models.build_transformer's forward and AttachLoss's mean cross-entropy, in torch."""
     n, t = ids.shape
     d = p["embed.weight"].shape[1]
 
@@ -222,9 +222,9 @@ def _torch_transformer(p, ids, labels, heads):
 
 
 def test_transformer_with_cross_entropy_matches_torch():
-    from models import build_transformer
-    from passes.autodiff.registry import find_rule
-    from passes.loss import AttachLoss
+    from adamax_onnx.models import build_transformer
+    from adamax_onnx.passes.autodiff.registry import find_rule
+    from adamax_onnx.passes.loss import AttachLoss
 
     model = AttachLoss("cross_entropy")(build_transformer(seed=3)).model
     ops = {n.op_type for n in model.graph.node}

@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import adamax_onnx as ax
 from adamax_onnx.cli import main as cli_main
-from models.mlp import build_mlp
+from adamax_onnx.models.mlp import build_mlp
 from tests.golden.adamax_arg_pool import PARAMS, VALUES, build_params, make_args
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import adamax_onnx as ax
-from passes.batchnorm import DecomposeBatchNorm
+from adamax_onnx.passes.batchnorm import DecomposeBatchNorm
 
 
 @pytest.mark.parametrize("opset", [15, 17, 18, 21])

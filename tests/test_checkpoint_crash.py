@@ -30,7 +30,7 @@ import pytest
 
 import adamax_onnx as ax
 from adamax_onnx.checkpoint import checkpoint_file, read_checkpoint
-from models.mlp import build_mlp
+from adamax_onnx.models.mlp import build_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 TRIALS = 30

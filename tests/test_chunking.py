@@ -1,4 +1,4 @@
-"""ChunkUpdates (passes/chunking.py) and the TrainingSession that applies it on the CPU.
+"""ChunkUpdates (adamax_onnx/passes/chunking.py) and the TrainingSession that applies it on the CPU.
 
 The rewritten update must give the numbers of the independent numpy reference and be
 bit-identical to the same model run without it, for every kind of elementwise region the AdaMax
@@ -14,10 +14,10 @@ import onnxruntime as ort
 import pytest
 
 import adamax_onnx as ax
+from adamax_onnx.models.mlp import build_mlp
+from adamax_onnx.passes.chunking import DEFAULT_CHUNK_SIZE, ChunkUpdates
+from adamax_onnx.passes.contract import initial_values, updated
 from adamax_onnx.runtime import default_chunk_size
-from models.mlp import build_mlp
-from passes.chunking import DEFAULT_CHUNK_SIZE, ChunkUpdates
-from passes.contract import initial_values, updated
 from tests.reference import NumpyAdaMax
 from tests.reference import random_grads as _grads
 from tests.reference import random_params as _params
@@ -166,7 +166,7 @@ def test_training_session_chunks_by_default_on_cpu_only():
 
 def test_a_chunked_model_onnxruntime_refuses_falls_back_with_a_warning(monkeypatch):
     import adamax_onnx.runtime as runtime
-    from passes.base import PassResult
+    from adamax_onnx.passes.base import PassResult
 
     class Broken:  # stands in for ChunkUpdates: a rewrite onnxruntime cannot load
         def __init__(self, params, chunk_size):

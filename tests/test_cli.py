@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 from adamax_onnx.cli import main
-from models.data import load_digits_split, save_npz
-from models.mlp import build_mlp
+from adamax_onnx.models.data import load_digits_split, save_npz
+from adamax_onnx.models.mlp import build_mlp
 
 
 @pytest.fixture()

@@ -15,7 +15,7 @@ import pytest
 import adamax_onnx as ax
 from adamax_onnx import dynamic_lr, schedules
 from adamax_onnx.cli import main
-from models.mlp import build_mlp
+from adamax_onnx.models.mlp import build_mlp
 
 STEPS = 30
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import adamax_onnx as ax
-from models.mlp import build_mlp
+from adamax_onnx.models.mlp import build_mlp
 
 N, FEATURES, CLASSES = 4, 12, 5
 
@@ -219,7 +219,7 @@ def test_batch_sizes_changing_between_steps_train_like_a_plain_loop(train_model,
     import onnxruntime as ort
     from onnx import numpy_helper
 
-    from passes.contract import read_contract
+    from adamax_onnx.passes.contract import read_contract
 
     sess = ax.TrainingSession(train_model)
     plain = ort.InferenceSession(

@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import adamax_onnx as ax
-from models.cnn import build_cnn
-from models.mlp import build_mlp
-from passes.gradients import BuildGradients
-from passes.loss import AttachLoss
+from adamax_onnx.models.cnn import build_cnn
+from adamax_onnx.models.mlp import build_mlp
+from adamax_onnx.passes.gradients import BuildGradients
+from adamax_onnx.passes.loss import AttachLoss
 
 
 def onnx_gradients(model, loss, feeds, label_extra=None):

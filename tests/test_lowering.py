@@ -1,4 +1,4 @@
-"""Each lowering rule of passes/lowering.py, one op at a time, against independent references.
+"""Each lowering rule of adamax_onnx/passes/lowering.py, one op at a time, against independent references.
 
 A one-node graph holding the training-build op is run twice: by onnxruntime-training's own
 kernel (the op as the gradient builder means it), and after lowering, as standard ONNX ops.
@@ -17,11 +17,11 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import adamax_onnx as ax
-from models.cnn import build_cnn
-from models.mlp import build_mlp
-from passes.batchnorm import BatchNormError, DecomposeBatchNorm
-from passes.gradients import OrtGradientBuilder
-from passes.lowering import LowerToStandard, UnloweredOpsError, nonstandard_nodes
+from adamax_onnx.models.cnn import build_cnn
+from adamax_onnx.models.mlp import build_mlp
+from adamax_onnx.passes.batchnorm import BatchNormError, DecomposeBatchNorm
+from adamax_onnx.passes.gradients import OrtGradientBuilder
+from adamax_onnx.passes.lowering import LowerToStandard, UnloweredOpsError, nonstandard_nodes
 
 # Every test here runs onnxruntime-training's kernels or builder: in .venv-ortt only.
 pytestmark = pytest.mark.ortt

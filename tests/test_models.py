@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from models.cnn import build_cnn
-from models.data import load_digits_split, make_token_task, save_npz
-from models.mlp import build_mlp
-from models.transformer import build_transformer
-from passes.builder import IR_VERSION, OPSET
+from adamax_onnx.models.cnn import build_cnn
+from adamax_onnx.models.data import load_digits_split, make_token_task, save_npz
+from adamax_onnx.models.mlp import build_mlp
+from adamax_onnx.models.transformer import build_transformer
+from adamax_onnx.passes.builder import IR_VERSION, OPSET
 
 RTOL = ATOL = 1e-5
 
@@ -305,7 +305,7 @@ def test_transformer_errors():
 
 # -- command lines --------------------------------------------------------------------------
 def test_model_mains_write_models(tmp_path):
-    from models import cnn, mlp, transformer
+    from adamax_onnx.models import cnn, mlp, transformer
 
     mlp.main(["--out", str(tmp_path / "m.onnx"), "--hidden", "8", "4", "--use-matmul"])
     cnn.main(["--out", str(tmp_path / "c.onnx"), "--batchnorm", "--pool", "global"])
@@ -354,7 +354,7 @@ def test_make_token_task():
 
 
 def test_save_npz_and_data_main(tmp_path, capsys):
-    from models import data
+    from adamax_onnx.models import data
 
     x = np.arange(6, dtype=np.float32).reshape(3, 2)
     y = np.array([0, 1, 2], dtype=np.int64)

@@ -19,8 +19,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import adamax_onnx as ax
-from models.mlp import build_mlp
-from passes.contract import initial_values
+from adamax_onnx.models.mlp import build_mlp
+from adamax_onnx.passes.contract import initial_values
 from tests.reference import NumpyAdaMax
 
 GOLDEN = json.loads(

@@ -14,15 +14,15 @@ import pytest
 from onnx import numpy_helper
 
 import adamax_onnx as ax
-from models.cnn import build_cnn
-from models.mlp import build_mlp
-from models.transformer import build_transformer
-from passes.autodiff import AutodiffBuilder
-from passes.batchnorm import DecomposeBatchNorm
-from passes.contract import grad_name
-from passes.gradients import BuildGradients, OrtGradientBuilder
-from passes.loss import LOSS_NAME, AttachLoss
-from passes.lowering import LowerToStandard
+from adamax_onnx.models.cnn import build_cnn
+from adamax_onnx.models.mlp import build_mlp
+from adamax_onnx.models.transformer import build_transformer
+from adamax_onnx.passes.autodiff import AutodiffBuilder
+from adamax_onnx.passes.batchnorm import DecomposeBatchNorm
+from adamax_onnx.passes.contract import grad_name
+from adamax_onnx.passes.gradients import BuildGradients, OrtGradientBuilder
+from adamax_onnx.passes.loss import LOSS_NAME, AttachLoss
+from adamax_onnx.passes.lowering import LowerToStandard
 
 pytestmark = pytest.mark.ortt
 

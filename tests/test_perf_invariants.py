@@ -23,7 +23,7 @@ import onnxruntime as ort
 import pytest
 
 import adamax_onnx as ax
-from models.mlp import build_mlp
+from adamax_onnx.models.mlp import build_mlp
 from tests.reference import NumpyAdaMax
 from tests.reference import random_grads as _grads
 from tests.reference import random_params as _params

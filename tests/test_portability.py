@@ -24,10 +24,10 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import adamax_onnx as ax
-from models.cnn import build_cnn
-from models.mlp import build_mlp
-from models.transformer import build_transformer
-from passes.contract import initial_values, updated
+from adamax_onnx.models.cnn import build_cnn
+from adamax_onnx.models.mlp import build_mlp
+from adamax_onnx.models.transformer import build_transformer
+from adamax_onnx.passes.contract import initial_values, updated
 from tests.venvs import venv_python
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -148,10 +148,24 @@ ALL_NAMES = sorted(
 
 
 def resolve(dotted: str):
-    obj = ax
-    for part in dotted.split(".")[1:]:
-        obj = getattr(obj, part)
-    return obj
+    """The object a documented name denotes: an attribute path from the package, or a module
+    the docs run with ``python -m`` (``adamax_onnx.models.mlp``) and its attributes."""
+    parts = dotted.split(".")[1:]
+    try:
+        obj = ax
+        for part in parts:
+            obj = getattr(obj, part)
+        return obj
+    except AttributeError:
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(["adamax_onnx", *parts[:cut]]))
+            except ImportError:
+                continue
+            for part in parts[cut:]:
+                obj = getattr(obj, part)
+            return obj
+        raise
 
 
 def unresolved(names) -> list[str]:

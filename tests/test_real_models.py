@@ -64,7 +64,7 @@ NOT_EXPORTABLE = {("small_cnn_bn_trainmode", "dynamo")}
 
 # Gaps of the gradient rules this suite found, all closed: Gather (axis 0) on a tensor of unknown
 # rank (ViT, TorchScript), SplitToSequence/SequenceAt (GPT-2's qkv split, dynamo; rewritten to
-# Slices by passes/sequences.py). A new gap goes here as an expected failure until it is fixed.
+# Slices by adamax_onnx/passes/sequences.py). A new gap goes here as an expected failure until it is fixed.
 KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 

@@ -16,8 +16,8 @@ from onnx import numpy_helper
 
 import adamax_onnx as ax
 from adamax_onnx.cli import main as cli_main
-from models.mlp import build_mlp
-from passes.contract import (
+from adamax_onnx.models.mlp import build_mlp
+from adamax_onnx.passes.contract import (
     attach_initial_values,
     initial_name,
     initial_values,

@@ -28,6 +28,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from adamax_onnx import schedules
+from adamax_onnx.passes.builder import IR_VERSION, OPSET, GraphBuilder
 from adamax_onnx.schedules import (
     CosineDecayLR,
     ExponentialDecayLR,
@@ -38,7 +39,6 @@ from adamax_onnx.schedules import (
     WarmUpLR,
     WeightDecaySchedule,
 )
-from passes.builder import IR_VERSION, OPSET, GraphBuilder
 from tests.reference import pow32, sin32, ulps
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "schedules.json").read_text())

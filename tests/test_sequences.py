@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.sequences import SplitSequencesToSlices
+from adamax_onnx.passes.sequences import SplitSequencesToSlices
 from tests.gradcheck import check_graph
 
 RNG = np.random.default_rng(0)

@@ -21,7 +21,7 @@ import onnx
 import pytest
 
 import adamax_onnx as ax
-from models.mlp import build_mlp
+from adamax_onnx.models.mlp import build_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, WARMUP, EVERY = 5000, 1000, 250

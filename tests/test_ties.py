@@ -1,4 +1,4 @@
-"""Tied tensors (passes/ties.py): detection, untying with a warning, keep_ties, and training.
+"""Tied tensors (adamax_onnx/passes/ties.py): detection, untying with a warning, keep_ties, and training.
 
 Real ``torch.onnx.export`` output of freshly initialised models (no perturbation: equal values
 are what makes the exporters merge tensors): every tie the pass finds is listed here, and after
@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import adamax_onnx as ax
-from passes.ties import RetieFoldedCopies, UntieTensors, find_ties
+from adamax_onnx.passes.ties import RetieFoldedCopies, UntieTensors, find_ties
 from tests.tiny_gpt2 import Logits, tiny_gpt2_lm
 from tests.torch_adamax import TorchAdaMax
 from tests.torch_compat import transformers_available

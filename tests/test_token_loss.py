@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 import adamax_onnx as ax
-from models.mlp import build_mlp
+from adamax_onnx.models.mlp import build_mlp
 from tests.tiny_gpt2 import Logits, tiny_gpt2_lm
 from tests.torch_adamax import TorchAdaMax
 from tests.torch_compat import transformers_available

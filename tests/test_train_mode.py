@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import adamax_onnx as ax
-from passes.dropout import dropout_keep
+from adamax_onnx.passes.dropout import dropout_keep
 from tests.test_ties import FreshCNN
 from tests.torch_adamax import TorchAdaMax
 
@@ -267,7 +267,7 @@ def test_training_mode_model_is_standard_onnx():
     """Checker (full), and one step under onnx.reference equals TrainingSession's."""
     from onnx.reference import ReferenceEvaluator
 
-    from passes.contract import initial_values
+    from adamax_onnx.passes.contract import initial_values
 
     torch.manual_seed(0)
     model, names = ax.from_torch(DropMLP(), torch.randn(4, 6), mode="train")

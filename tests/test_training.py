@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 
 import adamax_onnx as ax
+from adamax_onnx.models.cnn import build_cnn
+from adamax_onnx.models.data import load_digits_split
+from adamax_onnx.models.mlp import build_mlp
 from adamax_onnx.training import evaluate, fit
-from models.cnn import build_cnn
-from models.data import load_digits_split
-from models.mlp import build_mlp
 from tests.reference import NumpyAdaMax
 
 FAMILIES = {
@@ -56,8 +56,8 @@ def test_digits_accuracy_passes_90_percent(family, tmp_path):
 
 def test_training_step_matches_numpy_update_of_graph_gradients():
     """One fused step == numpy AdaMax applied to the gradients the gradient pass computes."""
-    from passes.gradients import BuildGradients
-    from passes.loss import AttachLoss
+    from adamax_onnx.passes.gradients import BuildGradients
+    from adamax_onnx.passes.loss import AttachLoss
 
     model = build_mlp(hidden=(16,))
     # Dense random inputs: AdaMax maps a gradient of 1e-12 to a full +-lr step, so pixels that

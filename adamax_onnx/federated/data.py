@@ -97,7 +97,7 @@ def prepare_digits(
     The 25% held-out part goes to ``test.npz`` untouched; the training part is split with
     :func:`split_by_label`. ``image=True`` writes [N, 1, 8, 8] inputs (the CNN layout).
     """
-    from models.data import load_digits_split
+    from ..models.data import load_digits_split
 
     x, y, x_test, y_test = load_digits_split(seed=seed, image=image)
     parts = split_by_label(y, num_clients, classes_per_client, seed=seed)

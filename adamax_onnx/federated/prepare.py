@@ -36,11 +36,11 @@ def build_model(kind: str, out: str | Path, lr: float | None = None, seed: int =
     from .. import AdaMax, build_training_model, trainable_params
 
     if kind == "mlp":
-        from models.mlp import build_mlp
+        from ..models.mlp import build_mlp
 
         model = build_mlp(hidden=(128,), seed=seed)
     elif kind == "cnn":
-        from models.cnn import build_cnn
+        from ..models.cnn import build_cnn
 
         model = build_cnn(seed=seed)
     else:

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 import onnx  # noqa: E402
 
 import adamax_onnx as ax  # noqa: E402
-from models.data import load_digits_split  # noqa: E402
-from models.mlp import build_mlp  # noqa: E402
+from adamax_onnx.models.data import load_digits_split  # noqa: E402
+from adamax_onnx.models.mlp import build_mlp  # noqa: E402
 
 EPOCHS, BATCH, LR = 10, 32, 0.01
 

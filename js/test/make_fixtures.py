@@ -26,12 +26,12 @@ import onnx  # noqa: E402
 from onnx import helper, numpy_helper, version_converter  # noqa: E402
 
 import adamax_onnx as ax  # noqa: E402
+from adamax_onnx.models.cnn import build_cnn  # noqa: E402
+from adamax_onnx.models.data import load_digits_split, make_token_task  # noqa: E402
+from adamax_onnx.models.mlp import build_mlp  # noqa: E402
+from adamax_onnx.models.transformer import build_transformer  # noqa: E402
+from adamax_onnx.passes.contract import attach_initial_values  # noqa: E402
 from adamax_onnx.schedules import CosineDecayLR  # noqa: E402
-from models.cnn import build_cnn  # noqa: E402
-from models.data import load_digits_split, make_token_task  # noqa: E402
-from models.mlp import build_mlp  # noqa: E402
-from models.transformer import build_transformer  # noqa: E402
-from passes.contract import attach_initial_values  # noqa: E402
 
 
 def _batches(x, y, steps, batch, seed):

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.builder import IR_VERSION, OPSET
+from ..passes.builder import IR_VERSION, OPSET
 
 __all__ = [
     "BATCH",

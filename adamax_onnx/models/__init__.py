@@ -1,6 +1,6 @@
 """Example ONNX inference models (built with onnx.helper + numpy, no torch) and data helpers.
 
-The builders are exported lazily, so ``python -m models.mlp`` (etc.) does not import its own
+The builders are exported lazily, so ``python -m adamax_onnx.models.mlp`` (etc.) does not import its own
 module twice.
 """
 
@@ -19,19 +19,19 @@ __all__ = [
 ]
 
 _HOMES = {
-    "build_cnn": "models.cnn",
-    "build_mlp": "models.mlp",
-    "build_transformer": "models.transformer",
-    "load_digits_split": "models.data",
-    "make_token_task": "models.data",
-    "save_npz": "models.data",
+    "build_cnn": "adamax_onnx.models.cnn",
+    "build_mlp": "adamax_onnx.models.mlp",
+    "build_transformer": "adamax_onnx.models.transformer",
+    "load_digits_split": "adamax_onnx.models.data",
+    "make_token_task": "adamax_onnx.models.data",
+    "save_npz": "adamax_onnx.models.data",
 }
 
 
 def __getattr__(name: str) -> Any:
     if name in _HOMES:
         return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module 'models' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:

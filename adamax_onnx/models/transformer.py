@@ -13,7 +13,7 @@ onnxruntime-training's gradient builder needs them. Opset 17 has no Gelu operato
 spelled out with Erf (``gelu="erf"``, exact) or Tanh (``gelu="tanh"``, the approximation).
 Scalar constants are rank-0 initializers, which the trainer treats as frozen.
 
-Command line: ``python -m models.transformer --out transformer.onnx --d-model 32``.
+Command line: ``python -m adamax_onnx.models.transformer --out transformer.onnx --d-model 32``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from models._common import BATCH, bias_init, f32, i64, make_model, xavier_uniform
+from ._common import BATCH, bias_init, f32, i64, make_model, xavier_uniform
 
 __all__ = ["GELUS", "LN_EPSILON", "build_transformer", "main"]
 
@@ -190,7 +190,7 @@ def build_transformer(
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: write a transformer model to ``--out``."""
     p = argparse.ArgumentParser(
-        prog="python -m models.transformer",
+        prog="python -m adamax_onnx.models.transformer",
         description="Write a tiny one-block transformer encoder classifier as an ONNX model.",
     )
     p.add_argument("--out", required=True, help="path of the .onnx file to write")

@@ -6,7 +6,7 @@
   transformer: the label is the token group that occurs most often in the sequence.
 * :func:`save_npz` - writes ``x`` and ``y`` arrays with ``np.savez`` (no pickle).
 
-Command line: ``python -m models.data --out digits [--image]`` writes ``digits_train.npz`` and
+Command line: ``python -m adamax_onnx.models.data --out digits [--image]`` writes ``digits_train.npz`` and
 ``digits_test.npz``; ``--task tokens`` writes the token task instead.
 """
 
@@ -118,7 +118,7 @@ def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray) -> Path:
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: write ``<out>_train.npz`` and ``<out>_test.npz``."""
     p = argparse.ArgumentParser(
-        prog="python -m models.data",
+        prog="python -m adamax_onnx.models.data",
         description="Write a train/test split of a bundled data set as <out>_train.npz and "
         "<out>_test.npz (arrays x and y).",
     )

@@ -12,7 +12,7 @@ Layout of ``build_cnn``::
 
 With ``pool="global"`` the first pooling layer is a 2x2 MaxPool.
 
-Command line: ``python -m models.cnn --out cnn.onnx --batchnorm --pool avg``.
+Command line: ``python -m adamax_onnx.models.cnn --out cnn.onnx --batchnorm --pool avg``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from models._common import BATCH, bias_init, f32, he_normal, i64, make_model, xavier_uniform
+from ._common import BATCH, bias_init, f32, he_normal, i64, make_model, xavier_uniform
 
 __all__ = ["CONV1_CHANNELS", "CONV2_CHANNELS", "FC_HIDDEN", "POOLS", "build_cnn", "main"]
 
@@ -192,7 +192,7 @@ def build_cnn(
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: write a CNN model to ``--out``."""
     p = argparse.ArgumentParser(
-        prog="python -m models.cnn",
+        prog="python -m adamax_onnx.models.cnn",
         description="Write a small LeNet-style CNN classifier as an ONNX model.",
     )
     p.add_argument("--out", required=True, help="path of the .onnx file to write")

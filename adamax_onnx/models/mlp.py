@@ -5,7 +5,7 @@
 PyTorch-layout weights [out, in], or MatMul + Add with weights [in, out]) and an activation
 between consecutive layers.
 
-Command line: ``python -m models.mlp --out mlp.onnx --hidden 64 32 --activation tanh``.
+Command line: ``python -m adamax_onnx.models.mlp --out mlp.onnx --hidden 64 32 --activation tanh``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from models._common import BATCH, bias_init, f32, he_normal, make_model, xavier_uniform
+from ._common import BATCH, bias_init, f32, he_normal, make_model, xavier_uniform
 
 __all__ = ["ACTIVATIONS", "build_mlp", "main"]
 
@@ -104,7 +104,7 @@ def build_mlp(
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point: write an MLP model to ``--out``."""
     p = argparse.ArgumentParser(
-        prog="python -m models.mlp", description="Write an MLP classifier as an ONNX model."
+        prog="python -m adamax_onnx.models.mlp", description="Write an MLP classifier as an ONNX model."
     )
     p.add_argument("--out", required=True, help="path of the .onnx file to write")
     p.add_argument("--in-features", type=int, default=64, help="input width (default 64)")
