@@ -15,18 +15,21 @@ exercised with the shapes they meet in exported models.
 
 from __future__ import annotations
 
+import functools
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import onnx
+import onnx.reference
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from adamax_onnx.passes.autodiff import differentiate
 
-__all__ = ["check_op", "check_graph", "run_gradients"]
+__all__ = ["check_op", "check_graph", "run_gradients", "symbolic_vs_static", "with_reference_ops"]
 
 _FLOATS = (np.float16, np.float32, np.float64)
 
@@ -81,6 +84,13 @@ def _graph(
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8
     )
+
+
+def with_reference_ops(monkeypatch, *ops: type) -> None:
+    """Evaluate the central differences with ``onnx.reference`` plus ``ops`` (kernels fixed
+    where onnx.reference differs from onnxruntime), for the rest of the test."""
+    evaluator = functools.partial(onnx.reference.ReferenceEvaluator, new_ops=list(ops))
+    monkeypatch.setattr(sys.modules[__name__], "ReferenceEvaluator", evaluator)
 
 
 def run_gradients(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray], wrt: Sequence[str]):
@@ -230,3 +240,28 @@ def check_op(
 # Re-exported for tests that build several nodes by hand.
 make_node = helper.make_node
 FLOAT = TensorProto.FLOAT
+
+
+def symbolic_vs_static(node: onnx.NodeProto, x: np.ndarray, consts: Mapping, opset: int = 17):
+    """Gradients of ``sum(node(x, consts) ** 2)`` with x's dims all symbolic but the channels
+    (axis 1) equal those with x's dims static."""
+    results = []
+    for dims in (list(x.shape), ["N", x.shape[1], *[f"s{i}" for i in range(x.ndim - 2)]]):
+        nodes = [
+            node,
+            helper.make_node("Mul", ["y", "y"], ["sq"]),
+            helper.make_node("ReduceSum", ["sq"], ["loss"], keepdims=0),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+            [helper.make_tensor_value_info("loss", TensorProto.FLOAT, [])],
+            [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+        wrt = ["x", *[k for k, v in consts.items() if v.dtype.kind == "f"]]
+        grads, _ = run_gradients(model, {"x": x.astype(np.float32)}, wrt)
+        results.append(grads)
+    for k in results[0]:
+        np.testing.assert_allclose(results[1][k], results[0][k], rtol=1e-5, atol=1e-5)
