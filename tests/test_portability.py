@@ -30,6 +30,9 @@ from adamax_onnx.models.transformer import build_transformer
 from adamax_onnx.passes.contract import initial_values, updated
 from tests.venvs import venv_python
 
+# Every test here trains in .venv-stock (made on first use): run by the all-tests command.
+pytestmark = pytest.mark.venv
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 10
 BATCH = 16
