@@ -3,50 +3,48 @@
 Input: a model whose graph has each trained parameter ``p`` as a graph input and a tensor
 ``p_grad`` holding its gradient (graph input or node output). Output: the same model with the
 optimizer state as extra inputs and the updated parameters and state as outputs, named as in
-:mod:`passes.contract`. Only standard ONNX ops are emitted.
+:mod:`.contract`. Only standard ONNX ops are emitted.
 
-Stages per parameter, in MindSpore's order (``nn.AdaMax.construct``)::
-
-    g = g + (weight_decay * loss_scale) * w      # decay_weight, when the parameter decays
-    g = g - mean(g, axes 1..n-1)                  # gradients_centralization, rank>=2, dim1 % 16 == 0
-    g = g * (1 / loss_scale)                      # scale_grad, when loss_scale != 1
-    lr = lr(global_step)                          # get_lr, before the increment
-    global_step += 1; beta1_power *= beta1
-    m = beta1 * m + (1 - beta1) * g
-    v = max(beta2 * v, |g|)
-    w = w - lr / (1 - beta1_power) * (m / (v + eps))
-
-The scalar ``lr / (1 - beta1_power)`` is computed once per group, not per parameter.
+The update is the chain of stages of :mod:`.adamax_stages`, in MindSpore's order: per group
+the learning rate and weight decay; per parameter decay, centralization and unscaling of the
+gradient; then ApplyAdaMax, per parameter or per bucket of small float32 parameters. The
+scalar ``lr / (1 - beta1_power)`` is computed once per group, not per parameter. This module
+only decides which stages apply to which parameter and lays the tensors out (flat views,
+buckets); the precision of each stage is :class:`.precision.Precision`'s.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
+from .adamax_stages import (
+    Hyper,
+    KernelInputs,
+    StateInputs,
+    StepTensors,
+    advance_step,
+    apply_adamax,
+    apply_adamax_buckets,
+    centralize_gradient,
+    decay_weight,
+    is_schedule,
+    learning_rate,
+    unscale_gradient,
+    weight_decay,
+)
 from .base import GraphPass, PassResult
 from .builder import GraphBuilder
-from .contract import (
-    BETA1_POWER,
-    GLOBAL_STEP,
-    grad_name,
-    lr_current_name,
-    lr_input_name,
-    m_name,
-    updated,
-    v_name,
-    weight_decay_current_name,
-)
+from .contract import grad_name, m_name, updated, v_name
+from .precision import FLOAT_TYPES, Precision
 
-__all__ = ["AdaMaxPass", "tensor_specs"]
+__all__ = ["AdaMaxPass", "tensor_specs", "DEFAULT_BUCKET_SIZE"]
 
 #: Float32 parameters with fewer elements are updated together in flat buckets by default.
 DEFAULT_BUCKET_SIZE = 65536
-
-_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
 
 
 def tensor_specs(graph: onnx.GraphProto) -> dict[str, tuple[int, list]]:
@@ -63,8 +61,12 @@ def tensor_specs(graph: onnx.GraphProto) -> dict[str, tuple[int, list]]:
     return specs
 
 
-def _is_schedule(obj: Any) -> bool:
-    return callable(getattr(obj, "emit", None))
+@dataclass(frozen=True)
+class _GroupScalars:
+    """Per group: ``lr / (1 - beta1_power)`` and ``weight_decay * loss_scale`` (None: none)."""
+
+    lr: str
+    weight_decay: str | None
 
 
 class AdaMaxPass(GraphPass):
@@ -106,270 +108,123 @@ class AdaMaxPass(GraphPass):
     def call(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
         specs = tensor_specs(graph)
-        input_names = {i.name for i in graph.input}
-        produced = {o for n in graph.node for o in n.output} | input_names
+        self._check_parameters(graph, specs)
+        g = GraphBuilder(_taken_names(graph))
+        state = StateInputs(g)
+        f32 = np.float32
+        hyper: Hyper = (f32(self.opt.beta1), f32(self.opt.beta2), f32(self.opt.eps))
+        step = advance_step(g, state, hyper[0])
+        scalars = self._group_scalars(g, state, step)
+        pending: dict[int, list[KernelInputs]] = {}
         for cfg in self.opt.param_configs:
-            if cfg.name not in input_names:
+            member = self._update(g, state, cfg, specs[cfg.name], scalars[cfg.group], hyper)
+            if member is not None:
+                pending.setdefault(cfg.group, []).append(member)
+        for gi, members in pending.items():
+            apply_adamax_buckets(g, gi, members, scalars[gi].lr, hyper, self.bucket_size)
+        self._splice(graph, g, state)
+        return PassResult(model, True)
+
+    def _check_parameters(self, graph: onnx.GraphProto, specs: dict) -> None:
+        inputs = {i.name for i in graph.input}
+        produced = {o for n in graph.node for o in n.output} | inputs
+        for cfg in self.opt.param_configs:
+            if cfg.name not in inputs:
                 raise ValueError(f"AdaMax pass: parameter {cfg.name!r} is not a graph input")
             if grad_name(cfg.name) not in produced:
                 raise ValueError(
                     f"AdaMax pass: no gradient tensor {grad_name(cfg.name)!r} for parameter "
                     f"{cfg.name!r}"
                 )
-            if specs[cfg.name][0] not in _FLOAT_TYPES:
+            if specs[cfg.name][0] not in FLOAT_TYPES:
                 raise ValueError(f"AdaMax pass: parameter {cfg.name!r} is not a float tensor")
 
-        taken = {vi.name for vi in list(graph.input) + list(graph.output) + list(graph.value_info)}
-        taken |= {i.name for i in graph.initializer} | produced
-        taken |= {n.name for n in graph.node}
-        g = GraphBuilder(taken)
-        new_inputs: list[onnx.ValueInfoProto] = []
-        new_outputs: list[onnx.ValueInfoProto] = []
-        defaults: list[onnx.TensorProto] = []
-
-        def state_input(
-            name: str, elem: int, dims: list, init: np.ndarray, carried: bool = True
-        ) -> str:
-            """A graph input with a default; ``carried`` ones also get an ``.updated`` output."""
-            g.reserve(name)
-            new_inputs.append(helper.make_tensor_value_info(name, elem, dims))
-            defaults.append(numpy_helper.from_array(init, name))
-            if carried:
-                g.reserve(updated(name))
-                new_outputs.append(helper.make_tensor_value_info(updated(name), elem, dims))
-            return name
-
-        f32 = np.float32
-        beta1, beta2, eps = f32(self.opt.beta1), f32(self.opt.beta2), f32(self.opt.eps)
-        loss_scale = float(self.opt.loss_scale)
-
-        # -- shared state: global_step and beta1_power ------------------------------------------
-        step = state_input(GLOBAL_STEP, TensorProto.INT64, [], np.array(0, np.int64))
-        b1p = state_input(BETA1_POWER, TensorProto.FLOAT, [], np.array(1.0, f32))
-        step_f = g.op("Cast", [step], "adamax.global_step_float", to=TensorProto.FLOAT)
-        g.op(
-            "Add",
-            [step, g.const(1, np.int64, "adamax.one_i64")],
-            "adamax.global_step",
-            output=updated(GLOBAL_STEP),
-        )
-        b1p_next = g.op(
-            "Mul",
-            [b1p, g.const(beta1, f32, "adamax.beta1")],
-            "adamax.beta1_power",
-            output=updated(BETA1_POWER),
-        )
-        bias_corr = g.op(
-            "Sub", [g.const(1.0, f32, "adamax.one"), b1p_next], "adamax.one_minus_beta1_power"
-        )
-
-        # -- per-group scalars: lr(step) / (1 - beta1_power), weight_decay(step) * loss_scale ---
-        lr_scaled: dict[int, str] = {}
-        wd_scaled: dict[int, str] = {}
-        any_dynamic_lr = any(
-            _is_schedule(c.lr) or isinstance(c.lr, np.ndarray) for c in self.opt.param_configs
-        )
-        for cfg in self.opt.param_configs:
+    def _group_scalars(
+        self, g: GraphBuilder, state: StateInputs, step: StepTensors
+    ) -> dict[int, _GroupScalars]:
+        """The learning-rate and weight-decay stages, once per group, in optimizer order."""
+        configs = self.opt.param_configs
+        convert = any(is_schedule(c.lr) or isinstance(c.lr, np.ndarray) for c in configs)
+        scalars: dict[int, _GroupScalars] = {}
+        for cfg in configs:
             gi = cfg.group
-            if gi in lr_scaled:
+            if gi in scalars:
                 continue
-            prefix = f"adamax.group{gi}"
-            lr = cfg.lr
-            if _is_schedule(lr):
-                lr_t = lr.emit(g, step_f, f"{prefix}.lr")
-            elif isinstance(lr, np.ndarray):
-                table = g.tensor(lr.astype(f32), f"{prefix}.lr_table")
-                lr_t = g.op("Gather", [table, step], f"{prefix}.lr", axis=0)
-            else:
-                # A fixed lr is an input with a default, so it can change without a rebuild.
-                lr_t = state_input(
-                    lr_input_name(gi), TensorProto.FLOAT, [], np.array(lr, f32), carried=False
-                )
-                if any_dynamic_lr:
-                    # MindSpore wraps a fixed group lr in _ConvertToCell when another group's lr
-                    # is dynamic; it returns ``lr + 1.0 - 1.0`` in float32, which rounds the lr
-                    # to a multiple of 2**-23 (bit-for-bit checked against MindSpore 2.10).
-                    one_lr = g.const(1.0, f32, "adamax.one")
-                    lr_t = g.op("Add", [lr_t, one_lr], f"{prefix}.lr_plus_one")
-                    lr_t = g.op("Sub", [lr_t, one_lr], f"{prefix}.lr_converted")
-            # Named copies of the lr in use and of a dynamic weight decay, so a runtime can read
-            # them by evaluating only their subgraph (TrainingSession.get_lr).
-            g.reserve(lr_current_name(gi))
-            g.op("Identity", [lr_t], f"{prefix}.lr_current", output=lr_current_name(gi))
-            lr_scaled[gi] = g.op("Div", [lr_t, bias_corr], f"{prefix}.lr_bias_corrected")
-            wd = cfg.weight_decay
-            if _is_schedule(wd):
-                wd_t = wd.emit(g, step_f, f"{prefix}.weight_decay")
-                g.reserve(weight_decay_current_name(gi))
-                g.op(
-                    "Identity",
-                    [wd_t],
-                    f"{prefix}.weight_decay_current",
-                    output=weight_decay_current_name(gi),
-                )
-                if loss_scale != 1.0:
-                    wd_t = g.op(
-                        "Mul",
-                        [wd_t, g.const(loss_scale, f32, "adamax.loss_scale")],
-                        f"{prefix}.weight_decay_scaled",
-                    )
-                wd_scaled[gi] = wd_t
-            elif wd > 0:
-                # MindSpore multiplies in Python (double) and stores float32.
-                wd_scaled[gi] = g.const(wd * loss_scale, f32, f"{prefix}.weight_decay_scaled")
+            lr = learning_rate(g, state, cfg.lr, gi, step, convert)
+            lr = g.op("Div", [lr, step.bias_correction], f"adamax.group{gi}.lr_bias_corrected")
+            wd = weight_decay(g, cfg.weight_decay, gi, step, float(self.opt.loss_scale))
+            scalars[gi] = _GroupScalars(lr, wd)
+        return scalars
 
-        # -- per-parameter update --------------------------------------------------------------
-        # Bucketed parameters, per group: (name, dims, numel, w, m, v, grad) in float32.
-        pending: dict[int, list[tuple[str, list, int, str, str, str, str]]] = {}
-        for cfg in self.opt.param_configs:
-            p = cfg.name
-            elem, dims = specs[p]
-            np_dtype = helper.tensor_dtype_to_np_dtype(elem)
-            shape = [d if isinstance(d, int) else 0 for d in dims]
-            m = state_input(m_name(p), elem, dims, np.zeros(shape, np_dtype))
-            v = state_input(v_name(p), elem, dims, np.zeros(shape, np_dtype))
+    def _update(
+        self,
+        g: GraphBuilder,
+        state: StateInputs,
+        cfg: Any,
+        spec: tuple[int, list],
+        scalars: _GroupScalars,
+        hyper: Hyper,
+    ) -> KernelInputs | None:
+        """The gradient stages and ApplyAdaMax of one parameter; a small float32 parameter is
+        returned instead, for :func:`apply_adamax_buckets`."""
+        p, (elem, dims) = cfg.name, spec
+        prec = Precision(elem, f"{p}.adamax")
+        zeros = np.zeros([d if isinstance(d, int) else 0 for d in dims], prec.np_dtype)
+        m = state.state(m_name(p), elem, dims, zeros)
+        v = state.state(v_name(p), elem, dims, zeros)
+        numel = int(np.prod(dims)) if all(isinstance(d, int) for d in dims) else 0
+        rank = len(dims)
+        centralized = (
+            cfg.grad_centralization and rank >= 2 and isinstance(dims[1], int) and dims[1] % 16 == 0
+        )
+        # onnxruntime's CPU broadcast of a scalar over a tensor whose last dims are 1 (a 1x1
+        # convolution's [O, I, 1, 1] weight) runs per element: a Mul by a scalar over
+        # [1280, 320, 1, 1] takes 4 ms against 0.045 ms over [1280, 320]. Such a parameter is
+        # updated as a flat view (same elementwise ops, same bits) and reshaped back; small
+        # ones are flat in their buckets anyway.
+        flat = not prec.casts_kernel and numel >= self.bucket_size and rank > 1 and dims[-1] == 1
+        flat_shape = g.const(np.array([numel], np.int64), np.int64, "adamax.flat") if flat else ""
 
-            # float16/bfloat16 parameters: every stage is computed in float32 and rounded to the
-            # parameter dtype by an explicit Cast pair exactly where MindSpore rounds (after each
-            # weight-decay, centralization and unscaling op). Leaving the ops in float16 is not
-            # enough: onnxruntime's CPU provider runs float16 Mul/Add in float32 and drops the
-            # intermediate roundings, so results would depend on the execution provider.
-            low = elem in (TensorProto.FLOAT16, TensorProto.BFLOAT16)
-            s_dt = f32 if low else np_dtype  # the dtype the gradient stages compute in
-            # MindSpore's ApplyAdaMax CPU kernel computes in float32 whatever the parameter dtype
-            # (float16 and float64 parameters are cast; checked against MindSpore 2.10).
-            k_elem = TensorProto.FLOAT
-            cast_k = elem != TensorProto.FLOAT
+        def flatten(name: str, label: str) -> str:
+            return g.op("Reshape", [name, flat_shape], f"{p}.adamax.{label}_flat")
 
-            def c(value: float, label: str, _dt=s_dt, _low=low, _np=np_dtype) -> str:
-                arr = np.asarray(value, f32)
-                if _low:  # MindSpore casts the float32 scalar to the parameter dtype
-                    arr = arr.astype(_np).astype(f32)
-                return g.const(arr.astype(_dt), _dt, f"adamax.{label}")
+        w, grad = p, grad_name(p)
+        if flat and not centralized:
+            w, grad = flatten(w, "w"), flatten(grad, "grad")
+        w, grad = prec.enter_stages(g, w, grad)
+        if cfg.decay and scalars.weight_decay is not None:
+            grad = decay_weight(g, prec, w, grad, scalars.weight_decay)
+        if centralized:
+            grad = centralize_gradient(g, prec, grad, rank)
+            if flat:  # centralization needs the shape; flatten afterwards
+                w, grad = flatten(w, "w"), flatten(grad, "grad")
+        if self.opt.loss_scale != 1.0:
+            grad = unscale_gradient(g, prec, grad, float(self.opt.loss_scale))
+        w, grad, m_k, v_k = prec.enter_kernel(g, w, grad, m, v)
+        if flat:
+            m_k, v_k = flatten(m, "m"), flatten(v, "v")
+        state.output(updated(p), elem, dims)
+        if not prec.casts_kernel and 0 < numel < self.bucket_size:
+            return KernelInputs(p, dims, numel, w, m_k, v_k, grad)
 
-            def scalar(name: str, label: str, _elem=elem, _p=p, _low=low) -> str:
-                if _elem == TensorProto.FLOAT:
-                    return name
-                cast = g.op("Cast", [name], f"{_p}.adamax.{label}", to=_elem)
-                if _low:
-                    cast = g.op("Cast", [cast], f"{_p}.adamax.{label}_f32", to=TensorProto.FLOAT)
-                return cast
-
-            def rnd(name: str, label: str, _low=low, _elem=elem, _p=p) -> str:
-                """Round a float32 stage result to the parameter dtype (low precision only)."""
-                if not _low:
-                    return name
-                half = g.op("Cast", [name], f"{_p}.adamax.{label}_rounded", to=_elem)
-                return g.op(
-                    "Cast", [half], f"{_p}.adamax.{label}_rounded_f32", to=TensorProto.FLOAT
-                )
-
-            w_s, grad = p, grad_name(p)  # parameter and gradient in the stage dtype
-            numel = int(np.prod(dims)) if all(isinstance(d, int) for d in dims) else 0
-            centralized = (
-                cfg.grad_centralization
-                and len(dims) >= 2
-                and isinstance(dims[1], int)
-                and dims[1] % 16 == 0
-            )
-            # onnxruntime's CPU broadcast of a scalar over a tensor whose last dims are 1 (a
-            # 1x1 convolution's [O, I, 1, 1] weight) runs per element: a Mul by a scalar over
-            # [1280, 320, 1, 1] takes 4 ms against 0.045 ms over [1280, 320]. Such a
-            # parameter is updated as a flat view (same elementwise ops, same bits) and its
-            # updated tensors reshaped back; small ones are flat in their buckets anyway.
-            flat = (
-                elem == TensorProto.FLOAT
-                and numel >= self.bucket_size
-                and len(dims) > 1
-                and dims[-1] == 1
-            )
-            flat_shape = (
-                g.const(np.array([numel], np.int64), np.int64, "adamax.flat") if flat else ""
-            )
-            if flat and not centralized:
-                w_s = g.op("Reshape", [p, flat_shape], f"{p}.adamax.w_flat")
-                grad = g.op("Reshape", [grad, flat_shape], f"{p}.adamax.grad_flat")
-            if low:
-                w_s = g.op("Cast", [p], f"{p}.adamax.w_f32", to=k_elem)
-                grad = g.op("Cast", [grad], f"{p}.adamax.grad_f32", to=k_elem)
-            if cfg.decay and cfg.group in wd_scaled:
-                decay = g.op(
-                    "Mul",
-                    [w_s, scalar(wd_scaled[cfg.group], "weight_decay")],
-                    f"{p}.adamax.decay",
-                )
-                decay = rnd(decay, "decay")
-                grad = rnd(g.op("Add", [decay, grad], f"{p}.adamax.grad_decayed"), "grad_decayed")
-            if centralized:
-                mean = g.op(
-                    "ReduceMean",
-                    [grad],
-                    f"{p}.adamax.grad_mean",
-                    axes=list(range(1, len(dims))),
-                    keepdims=1,
-                )
-                mean = rnd(mean, "grad_mean")
-                grad = rnd(g.op("Sub", [grad, mean], f"{p}.adamax.grad_centralized"), "grad_gc")
-                if flat:
-                    w_s = g.op("Reshape", [w_s, flat_shape], f"{p}.adamax.w_flat")
-                    grad = g.op("Reshape", [grad, flat_shape], f"{p}.adamax.grad_flat")
-            if loss_scale != 1.0:
-                grad = g.op(
-                    "Mul",
-                    [grad, c(f32(1.0 / loss_scale), "reciprocal_loss_scale")],
-                    f"{p}.adamax.grad_unscaled",
-                )
-                grad = rnd(grad, "grad_unscaled")
-            # The ApplyAdaMax stage. For float16 (and bfloat16, float64) parameters MindSpore
-            # runs its float32 kernel: var, m, v and grad are cast to float32, updated with
-            # float32 scalars, and the three results cast back (bit-for-bit checked against
-            # MindSpore 2.10 on CPU; the new parameter uses the unrounded float32 m and v).
-            w_k, m_k, v_k = w_s, m, v
-            if cast_k:
-                if not low:
-                    w_k = g.op("Cast", [p], f"{p}.adamax.w_f32", to=k_elem)
-                    grad = g.op("Cast", [grad], f"{p}.adamax.grad_f32", to=k_elem)
-                m_k = g.op("Cast", [m], f"{p}.adamax.m_f32", to=k_elem)
-                v_k = g.op("Cast", [v], f"{p}.adamax.v_f32", to=k_elem)
-
+        targets = (m, v, p)
+        direct = tuple(updated(t) for t in targets) if not (prec.casts_kernel or flat) else None
+        results = apply_adamax(
+            g, prec.prefix, w, m_k, v_k, grad, scalars.lr, hyper, direct or (None, None, None)
+        )
+        if direct:
+            return None
+        shape = g.const(np.array(dims, np.int64), np.int64, f"{p}.adamax.shape") if flat else ""
+        for result, target, label in zip(results, targets, ("m", "v", "w"), strict=True):
             if flat:
-                m_k = g.op("Reshape", [m, flat_shape], f"{p}.adamax.m_flat")
-                v_k = g.op("Reshape", [v, flat_shape], f"{p}.adamax.v_flat")
-            if not cast_k and 0 < numel < self.bucket_size:
-                pending.setdefault(cfg.group, []).append((p, dims, numel, w_k, m_k, v_k, grad))
-                g.reserve(updated(p))
-                new_outputs.append(helper.make_tensor_value_info(updated(p), elem, dims))
-                continue
+                g.op(
+                    "Reshape", [result, shape], f"{p}.adamax.{label}_shaped", output=updated(target)
+                )
+            else:
+                prec.leave_kernel(g, result, label, updated(target))
+        return None
 
-            def out(name: str, _cast=cast_k or flat) -> dict:
-                return {} if _cast else {"output": updated(name)}
-
-            g.reserve(updated(p))
-            m_next, v_next, w_next = _apply_adamax(
-                g,
-                f"{p}.adamax",
-                w_k,
-                m_k,
-                v_k,
-                grad,
-                scalar(lr_scaled[cfg.group], "lr", k_elem),
-                (beta1, beta2, eps),
-                (out(m), out(v), out(p)),
-            )
-            if cast_k:
-                for src, state, label in ((m_next, m, "m"), (v_next, v, "v"), (w_next, p, "w")):
-                    g.op("Cast", [src], f"{p}.adamax.{label}_cast", to=elem, output=updated(state))
-            elif flat:
-                shape = g.const(np.array(dims, np.int64), np.int64, f"{p}.adamax.shape")
-                for src, state, label in ((m_next, m, "m"), (v_next, v, "v"), (w_next, p, "w")):
-                    g.op(
-                        "Reshape", [src, shape], f"{p}.adamax.{label}_shaped", output=updated(state)
-                    )
-            new_outputs.append(helper.make_tensor_value_info(updated(p), elem, dims))
-
-        for gi, members in pending.items():
-            _emit_buckets(g, gi, members, lr_scaled[gi], (beta1, beta2, eps), self.bucket_size)
-        # -- splice into the graph -------------------------------------------------------------
+    def _splice(self, graph: onnx.GraphProto, g: GraphBuilder, state: StateInputs) -> None:
         if self.drop_gradient_outputs:
             grads = {grad_name(c.name) for c in self.opt.param_configs}
             keep = [o for o in graph.output if o.name not in grads]
@@ -377,122 +232,16 @@ class AdaMaxPass(GraphPass):
             graph.output.extend(keep)
         graph.node.extend(g.nodes)
         graph.initializer.extend(g.initializers)
-        graph.initializer.extend(defaults)
-        graph.input.extend(new_inputs)
-        graph.output.extend(new_outputs)
-        return PassResult(model, True)
+        graph.initializer.extend(state.defaults)
+        graph.input.extend(state.inputs)
+        graph.output.extend(state.outputs)
 
 
-def _apply_adamax(
-    g: GraphBuilder,
-    prefix: str,
-    w: str,
-    m: str,
-    v: str,
-    grad: str,
-    lr: str,
-    hyper: tuple[np.float32, np.float32, np.float32],
-    outs: tuple[dict, dict, dict],
-) -> tuple[str, str, str]:
-    """MindSpore's ApplyAdaMax stage in float32: 10 elementwise nodes, in MindSpore's order.
-
-    ``m' = beta1*m + (1-beta1)*g``, ``v' = max(beta2*v, |g|)``,
-    ``w' = w - lr * (m' / (v' + eps))`` with ``lr`` already divided by ``1 - beta1_power``.
-    Rewriting ``m'`` as ``m + (1-beta1)*(g-m)`` would also take 3 nodes, so nothing is gained
-    by departing from MindSpore's rounding. ``outs`` are the ``output=`` keywords of m', v', w'.
-    """
-    f32 = np.float32
-    beta1, beta2, eps = hyper
-
-    def kc(value: float, label: str) -> str:
-        return g.const(np.asarray(value, f32), f32, f"adamax.{label}")
-
-    m_b = g.op("Mul", [m, kc(beta1, "beta1")], f"{prefix}.m_decayed")
-    g_b = g.op("Mul", [grad, kc(f32(1.0) - beta1, "one_minus_beta1")], f"{prefix}.g_scaled")
-    m_next = g.op("Add", [m_b, g_b], f"{prefix}.m", **outs[0])
-    v_b = g.op("Mul", [v, kc(beta2, "beta2")], f"{prefix}.v_decayed")
-    g_abs = g.op("Abs", [grad], f"{prefix}.grad_abs")
-    v_next = g.op("Max", [v_b, g_abs], f"{prefix}.v", **outs[1])
-    denom = g.op("Add", [v_next, kc(eps, "eps")], f"{prefix}.v_eps")
-    ratio = g.op("Div", [m_next, denom], f"{prefix}.m_over_v")
-    delta = g.op("Mul", [lr, ratio], f"{prefix}.delta")
-    w_next = g.op("Sub", [w, delta], f"{prefix}.update", **outs[2])
-    return m_next, v_next, w_next
-
-
-def _emit_buckets(
-    g: GraphBuilder,
-    group: int,
-    members: list[tuple[str, list, int, str, str, str, str]],
-    lr: str,
-    hyper: tuple[np.float32, np.float32, np.float32],
-    bucket_size: int,
-) -> None:
-    """ApplyAdaMax for small float32 parameters of one group, packed into flat buckets.
-
-    Each bucket concatenates the flattened w, m, v and gradient of its members (in optimizer
-    order), runs :func:`_apply_adamax` once and splits w', m', v' back into ``<name>.updated``.
-    A bucket of one parameter is updated on its own, as without bucketing.
-    """
-    buckets: list[list] = [[]]
-    filled = 0
-    for member in members:
-        if buckets[-1] and filled + member[2] > bucket_size:
-            buckets.append([])
-            filled = 0
-        buckets[-1].append(member)
-        filled += member[2]
-    flat_shape = g.const(np.array([-1], np.int64), np.int64, "adamax.flat_shape")
-    for bi, bucket in enumerate(buckets):
-        if len(bucket) == 1:
-            p, _, _, w, m, v, grad = bucket[0]
-            _apply_adamax(
-                g,
-                f"{p}.adamax",
-                w,
-                m,
-                v,
-                grad,
-                lr,
-                hyper,
-                tuple({"output": updated(n)} for n in (m_name(p), v_name(p), p)),
-            )
-            continue
-        prefix = f"adamax.group{group}.bucket{bi}"
-        flat = []
-        for slot, label in ((3, "w"), (4, "m"), (5, "v"), (6, "grad")):
-            parts = []
-            for p, dims, _, *tensors in bucket:
-                t = tensors[slot - 3]
-                if len(dims) != 1:  # Reshape of an input aliases its buffer: no copy
-                    t = g.op("Reshape", [t, flat_shape], f"{p}.adamax.{label}_flat")
-                parts.append(t)
-            flat.append(g.op("Concat", parts, f"{prefix}.{label}", axis=0))
-        results = _apply_adamax(g, prefix, *flat, lr, hyper, ({}, {}, {}))
-        sizes = g.const(np.array([b[2] for b in bucket], np.int64), np.int64, f"{prefix}.sizes")
-        for result, label in zip(results, ("m", "v", "w"), strict=True):
-            pieces = []  # reserved graph outputs keep their exact names (op_multi would rename)
-            for p, dims, *_ in bucket:
-                target = {"m": m_name(p), "v": v_name(p), "w": p}[label]
-                pieces.append(
-                    updated(target) if len(dims) == 1 else g.unique(f"{p}.adamax.{label}_flat_next")
-                )
-            g.nodes.append(
-                helper.make_node(
-                    "Split",
-                    [result, sizes],
-                    pieces,
-                    name=g.unique(f"{prefix}.{label}_split/Split"),
-                    axis=0,
-                )
-            )
-            for (p, dims, *_), piece in zip(bucket, pieces, strict=True):
-                if len(dims) != 1:
-                    target = {"m": m_name(p), "v": v_name(p), "w": p}[label]
-                    shape = g.const(np.array(dims, np.int64), np.int64, f"{p}.adamax.shape")
-                    g.op(
-                        "Reshape",
-                        [piece, shape],
-                        f"{p}.adamax.{label}_unflat",
-                        output=updated(target),
-                    )
+def _taken_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name of ``graph``: new names must avoid them."""
+    values = list(graph.input) + list(graph.output) + list(graph.value_info)
+    taken = {vi.name for vi in values} | {i.name for i in graph.initializer}
+    for node in graph.node:
+        taken.update(node.output)
+        taken.add(node.name)
+    return taken
