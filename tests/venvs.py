@@ -1,8 +1,9 @@
 """The extra virtual environments some tests run code in, made by their scripts/ script.
 
-``.venv-stock`` (stock onnxruntime, scripts/stock_venv.sh) and ``.venv-fed`` (Flower + stock
-onnxruntime, scripts/federated_venv.sh). Each script is idempotent; if it fails the calling
-test fails with its output: nothing is skipped.
+``.venv-stock`` (stock onnxruntime, no adamax-onnx; scripts/stock_venv.sh). The script is
+idempotent; if it fails the calling test fails with its output: nothing is skipped. A module
+that uses :func:`venv_python` is marked ``venv`` (tests/conftest.py checks it), so a plain
+``pytest`` leaves it out and the all-tests command runs it.
 """
 
 from __future__ import annotations
