@@ -24,14 +24,39 @@ import numpy as np
 import onnx
 import onnx.reference
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from adamax_onnx.passes.autodiff import differentiate
 
-__all__ = ["check_op", "check_graph", "run_gradients", "symbolic_vs_static", "with_reference_ops"]
+__all__ = [
+    "away",
+    "check_float_type",
+    "check_graph",
+    "check_op",
+    "float_type_cases",
+    "positive",
+    "run_gradients",
+    "symbolic_vs_static",
+    "with_reference_ops",
+]
 
 _FLOATS = (np.float16, np.float32, np.float64)
+_RNG = np.random.default_rng(1234)
+
+
+def away(shape, lo: float = 0.2, hi: float = 1.5, rng=None) -> np.ndarray:
+    """Random values with |x| in [lo, hi] (away from the kinks at 0)."""
+    rng = _RNG if rng is None else rng
+    mag = rng.uniform(lo, hi, size=shape)
+    return np.asarray(mag * rng.choice([-1.0, 1.0], size=shape))
+
+
+def positive(shape, lo: float = 0.3, hi: float = 2.0, rng=None) -> np.ndarray:
+    """Random values in [lo, hi]."""
+    rng = _RNG if rng is None else rng
+    return np.asarray(rng.uniform(lo, hi, size=shape))
 
 
 def _vi(name: str, arr: np.ndarray, dtype, batch: bool) -> onnx.ValueInfoProto:
@@ -265,3 +290,57 @@ def symbolic_vs_static(node: onnx.NodeProto, x: np.ndarray, consts: Mapping, ops
         results.append(grads)
     for k in results[0]:
         np.testing.assert_allclose(results[1][k], results[0][k], rtol=1e-5, atol=1e-5)
+
+
+def float_type_cases(cases: Sequence[tuple], no_double: Sequence[str] = ()) -> list:
+    """pytest params ``(*case, dtype)`` for float64 and float16, less the ops in ``no_double``
+    (onnxruntime's CPU provider has no double kernel for them: the forward cannot run)."""
+    return [
+        pytest.param(*case, dtype, id=f"{case[0]}-{name}")
+        for case in cases
+        for dtype, name in ((np.float64, "double"), (np.float16, "half"))
+        if not (dtype == np.float64 and case[0] in no_double)
+    ]
+
+
+def check_float_type(
+    op: str,
+    xs: Sequence[np.ndarray],
+    fn: Callable,
+    dtype,
+    consts: Mapping[str, float] | None = None,
+    rng=None,
+) -> None:
+    """The gradient graph of ``op`` with inputs ``a`` (, ``b``) and ``consts`` of element type
+    ``dtype`` runs in onnxruntime (the constants it emits follow the element type) and its
+    gradients match torch autograd of ``fn`` in float64 (1e-9 for float64, 2e-2 for float16)."""
+    import torch
+
+    rng = _RNG if rng is None else rng
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    names = ["a", "b"][: len(xs)]
+    inputs = [helper.make_tensor_value_info(n, elem, ["N", 3]) for n in names]
+    consts = dict(consts or {})
+    inits = [numpy_helper.from_array(np.array(v, dtype), k) for k, v in consts.items()]
+    w = rng.standard_normal((2, 3))
+    inits.append(numpy_helper.from_array(w.astype(dtype), "w"))
+    nodes = [
+        make_node(op, [*names, *consts], ["y"]),
+        make_node("Mul", ["y", "w"], ["t"]),
+        make_node("ReduceSum", ["t"], ["loss"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "typed", inputs, [helper.make_tensor_value_info("loss", elem, [])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    grad_model = differentiate(model, "loss", names)
+    onnx.checker.check_model(grad_model, full_check=True)
+    sess = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    xs = [x.astype(dtype) for x in xs]
+    ours = sess.run([f"{n}_grad" for n in names], dict(zip(names, xs, strict=True)))
+    ts = [torch.tensor(x.astype(np.float64), requires_grad=True) for x in xs]
+    (fn(*ts) * torch.tensor(w.astype(dtype).astype(np.float64))).sum().backward()
+    tol = 1e-9 if dtype == np.float64 else 2e-2
+    for g, t in zip(ours, ts, strict=True):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g.astype(np.float64), t.grad.numpy(), rtol=tol, atol=tol)

@@ -1,6 +1,7 @@
 """Gradient rules, one module per family of ops; importing this package registers them all."""
 
 from . import (  # noqa: F401
+    activations,
     attention,
     conv,
     elementwise,
