@@ -26,13 +26,22 @@ import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .atomic import write_atomically
 from .errors import CheckpointError
+from .feeds import TensorSpec
 
-__all__ = ["checkpoint_file", "write_checkpoint", "read_checkpoint", "FORMAT"]
+__all__ = [
+    "checkpoint_file",
+    "write_checkpoint",
+    "read_checkpoint",
+    "model_identity",
+    "check_restorable",
+    "FORMAT",
+]
 
 FORMAT = "adamax-onnx-checkpoint/1"
 FILE_NAME = "checkpoint.npz"
@@ -128,3 +137,61 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
             f"checkpoint {str(target)!r} is truncated or corrupted: {type(exc).__name__}: {exc}"
         ) from exc
     return arrays, meta
+
+
+# -- a session's checkpoint -------------------------------------------------------------------
+def model_identity(contract: Any, specs: Mapping[str, TensorSpec]) -> str:
+    """A fingerprint of a model's trainable interface: its kind, each parameter's name, shape
+    and type (``specs``), the hyper-parameters and the groups of its ``contract``."""
+    doc = {
+        "kind": contract.kind,
+        "params": [[n, list(specs[n].dims or ()), specs[n].ort_type] for n in contract.params],
+        "hyper": contract.hyper,
+        "groups": contract.groups,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def check_restorable(
+    path: str | os.PathLike,
+    arrays: Mapping[str, np.ndarray],
+    meta: Mapping,
+    identity: str,
+    params: list[str],
+    specs: Mapping[str, TensorSpec],
+    step_tensor: str,
+) -> None:
+    """Refuse a checkpoint read from ``path`` that cannot restore a session whose tensors are
+    ``specs`` (by name) and whose :func:`model_identity` is ``identity``.
+
+    Raises:
+        CheckpointError: another model (its parameters are named when they differ), other
+            tensor names, a tensor of another dtype or shape, or a metadata step that
+            disagrees with the ``step_tensor`` it holds.
+    """
+    if meta.get("identity") != identity:
+        theirs = meta.get("params")
+        detail = (
+            f"its parameters are {theirs}, this model's are {params}"
+            if theirs != params
+            else "same parameter names, but shapes, dtypes or optimizer settings differ"
+        )
+        raise CheckpointError(f"checkpoint {str(path)!r} belongs to another model: {detail}")
+    if set(arrays) != set(specs):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds tensors {sorted(set(arrays) ^ set(specs))} that do "
+            "not match this model"
+        )
+    for name, spec in specs.items():
+        got = arrays[name]
+        if not spec.fits(got.dtype, got.shape):
+            raise CheckpointError(
+                f"checkpoint tensor {name!r} is {got.dtype}{list(got.shape)}, this model "
+                f"needs {spec}"
+            )
+    if meta.get("global_step") != int(arrays[step_tensor]):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is inconsistent: its metadata says step "
+            f"{meta.get('global_step')!r} but its global_step tensor holds "
+            f"{int(arrays[step_tensor])}"
+        )

@@ -6,16 +6,16 @@ step binds only the batch, runs one binding and flips to the other, so per step 
 goes in and the scalar loss comes out; no parameter-sized host copy or allocation happens.
 
 A failed run writes only into the *other* set, so the current parameters and state are
-untouched; feeds are validated and learning-rate tables checked before anything runs.
+untouched; feeds are validated (:mod:`.feeds`) and learning-rate tables checked before anything
+runs.
 
-This module never edits graphs: it reads the contract (:mod:`passes.contract`) of a built model
-and calls passes to derive the inference model.
+This module holds the buffers and the bindings. It never edits graphs: the model it runs comes
+from :mod:`.passes.session`, the inference model from :mod:`.passes.inference`; learning rates
+are read by :mod:`.lr_probe`, checkpoints written and checked by :mod:`.checkpoint`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,42 +27,34 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+from .api import load_model
 from .atomic import save_model_atomically
-from .checkpoint import read_checkpoint, write_checkpoint
-from .errors import CheckpointError, FeedError, LearningRateTableExhausted, ModelError
-from .passes.chunking import DEFAULT_CHUNK_SIZE, ChunkUpdates
+from .checkpoint import check_restorable, model_identity, read_checkpoint, write_checkpoint
+from .errors import FeedError, LearningRateTableExhausted, ModelError
+from .feeds import ORT_TYPES, FeedValidator, TensorSpec
+from .lr_probe import LearningRateProbe, groups_of
+from .passes.chunking import DEFAULT_CHUNK_SIZE
 from .passes.contract import (
     BETA1_POWER,
     GLOBAL_STEP,
     Contract,
     initial_values,
-    lr_current_name,
     m_name,
     read_contract,
     updated,
     v_name,
-    weight_decay_current_name,
 )
 from .passes.inference import extract_inference_model
-from .passes.probe import extract_subgraph
-from .safety import check_batch_values, label_ranges
+from .passes.nonfinite import LOSS_SCALE
+from .passes.session import chunk_layouts, session_models
+from .safety import label_ranges
+from .trainable import is_trainable_file, training_model_from_trainable
 
-__all__ = ["TrainingSession"]
+__all__ = ["TrainingSession", "default_chunk_size"]
 
 #: Fed arrays smaller than this are copied into buffers bound once; larger ones are bound in
 #: place (a bind costs ~6 us, a 1 MiB copy ~50 us).
 _COPY_LIMIT = 1 << 20
-
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
 
 
 def _provider_names(providers: Sequence[Any]) -> list[str]:
@@ -86,48 +78,6 @@ def default_chunk_size(providers: Sequence[Any]) -> int:
     """
     cpu_only = all(n == "CPUExecutionProvider" for n in _provider_names(providers))
     return DEFAULT_CHUNK_SIZE if cpu_only else 0
-
-
-def _chunk_layouts(model: onnx.ModelProto, state: Sequence[str]) -> dict[str, list[int]]:
-    """State inputs whose ``.updated`` output has another static shape of the same size."""
-    shapes = {}
-    for vi in list(model.graph.input) + list(model.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        if all(d.HasField("dim_value") for d in dims):
-            shapes[vi.name] = [d.dim_value for d in dims]
-    out = {}
-    for name in state:
-        src, dst = shapes.get(name), shapes.get(updated(name))
-        if src is not None and dst is not None and src != dst:
-            if int(np.prod(src)) != int(np.prod(dst)):
-                raise ModelError(
-                    f"output {updated(name)!r} has shape {dst}, input {name!r} has {src}: "
-                    "not the same number of elements"
-                )
-            out[name] = dst
-    return out
-
-
-def _without_initializers(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
-    """``model`` without the initializers in ``names`` (nothing large is copied).
-
-    Only what onnxruntime reads is kept: opsets, functions, IR version and the graph's nodes,
-    inputs, outputs, value_info and remaining initializers (metadata is left out).
-    """
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.producer_name = model.producer_name
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    src, dst = model.graph, light.graph
-    dst.name = src.name
-    dst.node.extend(src.node)
-    dst.input.extend(src.input)
-    dst.output.extend(src.output)
-    dst.value_info.extend(src.value_info)
-    dst.initializer.extend(i for i in src.initializer if i.name not in names)
-    dst.sparse_initializer.extend(src.sparse_initializer)
-    return light
 
 
 class TrainingSession:
@@ -158,12 +108,8 @@ class TrainingSession:
         sess_options: ort.SessionOptions | None = None,
         chunk_size: int | None = None,
     ) -> None:
-        from .api import load_model
-
         self.model = load_model(model)
-        if len(self.model.training_info):  # a file written by export_trainable_model
-            from .trainable import training_model_from_trainable
-
+        if is_trainable_file(self.model):  # a file written by export_trainable_model
             self.model = training_model_from_trainable(self.model)
         contract = read_contract(self.model)
         if contract is None:
@@ -188,17 +134,14 @@ class TrainingSession:
             # built model, defaults of inputs in older models).
             sess_options.log_severity_level = 3
         self._sess_options = sess_options
-        # Parameters, state and fixed learning rates are always bound (IOBinding), so the
-        # session gets the model without their initial values: onnxruntime then keeps no third
-        # copy of them, and no full-size serialized model exists even transiently.
-        always_bound = set(contract.state_inputs()) | set(contract.lr_inputs.values())
-        runnable = _without_initializers(self.model, always_bound | set(contract.initial.values()))
         if chunk_size is None:
             chunk_size = default_chunk_size(self.providers)
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
             raise ValueError(f"chunk_size must be an int >= 0 or None, got {chunk_size!r}")
         self.chunk_size = chunk_size
-        chunked = ChunkUpdates(contract.params, chunk_size)(runnable).model if chunk_size else None
+        # Parameters, state and fixed learning rates are always bound (IOBinding): the session
+        # gets the model without their initial values (passes.session).
+        runnable, chunked = session_models(self.model, contract, chunk_size)
         try:
             self.session = ort.InferenceSession(
                 (chunked or runnable).SerializeToString(),
@@ -220,7 +163,8 @@ class TrainingSession:
                 runnable.SerializeToString(), sess_options=sess_options, providers=self.providers
             )
         runnable = chunked or runnable
-        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        # Every input's spec, read once (NodeArg.type/.shape build new objects on each access).
+        self._input_specs = {i.name: TensorSpec.of_input(i) for i in self.session.get_inputs()}
         # Class-label inputs whose values are range-checked before a step (safety.py).
         self._label_ranges = label_ranges(self.model, contract.data_inputs)
         defaults = initial_values(self.model)
@@ -246,7 +190,7 @@ class TrainingSession:
             loss_out = next(o for o in self.session.get_outputs() if o.name == contract.loss)
             # A preallocated host scalar: the loss is the only thing that leaves the device.
             self._loss_buffer = ort.OrtValue.ortvalue_from_numpy(
-                np.zeros((), _ORT_TYPES.get(loss_out.type, np.float32))
+                np.zeros((), ORT_TYPES.get(loss_out.type, np.float32))
             )
         # Models built with skip_nonfinite report a skipped step in a bool scalar on the host.
         self._overflow_buffer: ort.OrtValue | None = None
@@ -254,18 +198,21 @@ class TrainingSession:
             self._overflow_buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.bool_))
         # Outputs of parameters updated chunk by chunk (chunk_size) are declared in chunk
         # layout [rows, chunk]: the same buffer is bound with that shape (no copy).
-        self._layout = _chunk_layouts(runnable, self._state_names)
+        self._layout = chunk_layouts(runnable, self._state_names)
         del runnable
         self._bindings = [self._prepare_binding(0), self._prepare_binding(1)]
         self._cur = 0
         self._global_step = int(numpy_helper.to_array(defaults[GLOBAL_STEP]))
-        self._predictor: ort.InferenceSession | None = None
-        self._schedule_probe: tuple[ort.InferenceSession, list[str], list[str]] | None = None
+        # name -> exact spec of every tensor carried between steps (set_parameters, checkpoints)
+        self._state_specs = {
+            n: TensorSpec.of_value(n, v) for n, v in {**self._buffers[0], **self._lr_values}.items()
+        }
+        self._predictor: tuple[ort.InferenceSession, FeedValidator, frozenset[str]] | None = None
+        self._lr_probe: LearningRateProbe | None = None
         # Data inputs bound once with bind_inputs (e.g. gradients already on the device); the
         # dict keeps the OrtValues alive, because a binding does not own the memory it reads.
         self._bound: dict[str, ort.OrtValue] = {}
-        self._expected_cache: tuple[list[str], frozenset[str]] | None = None
-        self._feed_specs: dict[str, tuple[Any, str, Any]] = {}
+        self._feeds = self._feed_validator()
         self._feed_slots: dict[str, tuple[tuple[int, ...], ort.OrtValue]] = {}
         self.last_overflow = False
 
@@ -288,7 +235,7 @@ class TrainingSession:
                     updated(name),
                     self._device,
                     self._device_id,
-                    _ORT_TYPES[target.data_type()],
+                    ORT_TYPES[target.data_type()],
                     layout[name],
                     target.data_ptr(),
                 )
@@ -303,72 +250,15 @@ class TrainingSession:
         return binding
 
     # -- stepping ----------------------------------------------------------------------------
-    def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        if not isinstance(feeds, Mapping):
-            raise FeedError(
-                f"feeds must be a dict of input name -> array, got {type(feeds).__name__}"
-            )
-        # What a step takes changes only with bind_inputs (which clears this cache): with
-        # 2,000 fed gradients, list membership tests here cost 17 ms a step.
-        if self._expected_cache is None:
-            names = [n for n in self.contract.data_inputs if n not in self._bound]
-            self._expected_cache = (names, frozenset(names))
-        expected, expected_set = self._expected_cache
-        bound = [n for n in feeds if n in self._bound]
-        if bound:
-            raise FeedError(
-                f"input(s) {bound} are bound with bind_inputs; a step takes only {expected}"
-            )
-        missing = [n for n in expected if n not in feeds]
-        extra = [n for n in feeds if n not in expected_set]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing input(s) {missing}")
-            if extra:
-                parts.append(f"unexpected input(s) {extra}")
-            raise FeedError(f"{'; '.join(parts)}; a step takes exactly {expected}")
-        out: dict[str, np.ndarray] = {}
-        symbols: dict[str, tuple[int, str]] = {}
-        specs = self._feed_specs
-        for name in expected:
-            if name not in specs:  # NodeArg.type/.shape build new objects on every access
-                spec = self._inputs[name]
-                specs[name] = (_ORT_TYPES.get(spec.type), spec.type, spec.shape)
-            want, ort_type, shape = specs[name]
-            arr = feeds[name]
-            if not isinstance(arr, np.ndarray):
-                raise FeedError(
-                    f"input {name!r} must be a numpy array of {np.dtype(want).name}, "
-                    f"got {type(arr).__name__}"
-                )
-            if want is not None and arr.dtype != want:
-                raise FeedError(
-                    f"input {name!r} has dtype {arr.dtype}, expected {np.dtype(want).name} "
-                    f"({ort_type})"
-                )
-            if shape is not None and len(shape) != arr.ndim:
-                raise FeedError(
-                    f"input {name!r} has shape {list(arr.shape)}, expected rank {len(shape)} "
-                    f"({shape})"
-                )
-            for axis, (dim, got) in enumerate(zip(shape or [], arr.shape, strict=True)):
-                if isinstance(dim, int) and dim != got:
-                    raise FeedError(
-                        f"input {name!r} has shape {list(arr.shape)}, expected {shape} "
-                        f"(axis {axis} must be {dim})"
-                    )
-                if isinstance(dim, str) and dim:
-                    if dim in symbols and symbols[dim][0] != got:
-                        other, _ = symbols[dim][1], None
-                        raise FeedError(
-                            f"input {name!r} has {dim}={got} on axis {axis}, but input "
-                            f"{other!r} has {dim}={symbols[dim][0]}"
-                        )
-                    symbols.setdefault(dim, (got, name))
-            out[name] = np.asarray(arr, order="C")
-        check_batch_values(out, self._label_ranges)
-        return out
+    def _feed_validator(self) -> FeedValidator:
+        """The validator of a step's feeds: what a step takes changes only with bind_inputs."""
+        return FeedValidator(
+            self._input_specs,
+            [n for n in self.contract.data_inputs if n not in self._bound],
+            "a step",
+            self._label_ranges,
+            bound=list(self._bound),
+        )
 
     def _check_tables(self) -> None:
         limit = self.contract.table_limit
@@ -400,24 +290,17 @@ class TrainingSession:
                     f"bind_inputs: {name!r} must be an onnxruntime.OrtValue, "
                     f"got {type(value).__name__}"
                 )
-            spec = self._inputs[name]
-            shape = spec.shape or []
-            got = list(value.shape())
-            fixed = [d if isinstance(d, int) else None for d in shape]
-            if (
-                value.data_type() != spec.type
-                or len(got) != len(shape)
-                or any(f is not None and f != g for f, g in zip(fixed, got, strict=True))
-            ):
+            spec = self._input_specs[name]
+            if not spec.fits(value.data_type(), value.shape()):
                 raise FeedError(
-                    f"bind_inputs: {name!r} is {value.data_type()}{got}, expected "
-                    f"{spec.type}{shape}"
+                    f"bind_inputs: {name!r} is {value.data_type()}{list(value.shape())}, "
+                    f"expected {spec.ort_type}{list(spec.dims or ())}"
                 )
         for name, value in values.items():
             self._bound[name] = value
             for binding in self._bindings:
                 binding.bind_ortvalue_input(name, value)
-        self._expected_cache = None  # what a step takes has changed
+        self._feeds = self._feed_validator()  # what a step takes has changed
 
     def step(self, feeds: Mapping[str, np.ndarray] | None = None) -> float | None:
         """Run one training step; returns the (unscaled) loss, or None for an optimizer model.
@@ -429,7 +312,7 @@ class TrainingSession:
         With ``skip_nonfinite``, :attr:`last_overflow` tells whether this step was skipped
         (a gradient held NaN/Inf: parameters, optimizer state and global_step are unchanged).
         """
-        arrays = self._validate({} if feeds is None else feeds)
+        arrays = self._feeds({} if feeds is None else feeds)
         self._check_tables()
         binding = self._bindings[self._cur]
         slots = self._feed_slots
@@ -439,7 +322,7 @@ class TrainingSession:
             # a new shape (a ragged last batch) binds a new buffer.
             if arr.nbytes >= _COPY_LIMIT:  # large: bound where it is (a copy would cost more)
                 slots.pop(name, None)  # the other binding still holds the old slot: drop it
-                binding.bind_cpu_input(name, arr)
+                binding.bind_cpu_input(name, np.ascontiguousarray(arr))
                 continue
             slot = slots.get(name)
             if slot is not None and slot[0] == arr.shape:
@@ -468,14 +351,37 @@ class TrainingSession:
     @property
     def loss_scale(self) -> float | None:
         """The current dynamic loss scale (graph state), or None without a dynamic manager."""
-        from .passes.nonfinite import LOSS_SCALE
-
         if LOSS_SCALE not in self._state_names:
             return None
         return float(self._value(LOSS_SCALE))
 
     def _value(self, name: str) -> np.ndarray:
         return self._buffers[self._cur][name].numpy().copy()
+
+    def ortvalue(self, name: str) -> ort.OrtValue:
+        """The OrtValue holding the current value of a parameter or state tensor, on the
+        session's device, without a copy (e.g. to hand it to another library by DLPack).
+
+        Valid until the next step: the session keeps two preallocated buffer sets, a step reads
+        one and writes its results into the other, which becomes current; neither ever moves.
+        Copy what must outlive the step (:meth:`parameters` and :meth:`state` do).
+
+        Raises:
+            ModelError: ``name`` is not a parameter or state tensor of this model.
+        """
+        current = self._buffers[self._cur]
+        if name not in current:
+            raise ModelError(
+                f"{name!r} is not a parameter or state tensor; they are {list(current)}"
+            )
+        return current[name]
+
+    @property
+    def chunk_layout(self) -> dict[str, list[int]]:
+        """The state tensors whose update runs as a Scan over chunks (``chunk_size``), each with
+        the ``[rows, chunk]`` layout its ``.updated`` output is declared in; empty when nothing
+        is chunked. The session binds those outputs to its parameter-shaped buffers as is."""
+        return {name: list(layout) for name, layout in self._layout.items()}
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Current parameter values (host copies), by name."""
@@ -503,19 +409,21 @@ class TrainingSession:
             raise ModelError(
                 f"unknown parameter(s) {unknown}; parameters are {self.contract.params}"
             )
-        checked = {}
-        for name, arr in values.items():
-            cur = self._buffers[self._cur][name]
-            arr = np.asarray(arr)
-            want = np.dtype(_ORT_TYPES[cur.data_type()])
-            if tuple(arr.shape) != tuple(cur.shape()) or arr.dtype != want:
+        checked = {name: np.asarray(arr) for name, arr in values.items()}
+        for name, arr in checked.items():
+            spec = self._state_specs[name]
+            if not spec.fits(arr.dtype, arr.shape):
                 raise ModelError(
-                    f"parameter {name!r} must be {want.name}{list(cur.shape())}, got "
-                    f"{arr.dtype}{list(arr.shape)}"
+                    f"parameter {name!r} must be {spec}, got {arr.dtype}{list(arr.shape)}"
                 )
-            checked[name] = arr
         for name, arr in checked.items():
             self._buffers[self._cur][name].update_inplace(np.asarray(arr, order="C"))
+
+    @property
+    def parameter_specs(self) -> dict[str, TensorSpec]:
+        """Each parameter's dtype and shape (:class:`adamax_onnx.feeds.TensorSpec`), by name:
+        what :meth:`set_parameters` accepts."""
+        return {p: self._state_specs[p] for p in self.contract.params}
 
     @property
     def learning_rates(self) -> dict[int, float]:
@@ -538,43 +446,12 @@ class TrainingSession:
             self._lr_values[groups[g]].update_inplace(np.array(value, np.float32))
 
     # -- current learning rate / weight decay (MindSpore get_lr, get_weight_decay) ---------------
-    def _current_values(self) -> dict[str, float]:
-        """Evaluate the lr and dynamic weight-decay subgraph alone at the current global_step.
-
-        The subgraph is cut out of the training model once (it depends only on global_step and
-        the fixed-lr inputs) and run in a tiny CPU session: the values are the training graph's
-        own float32 results, and no training step runs.
-        """
-        if self._schedule_probe is None:
-            produced = {o for n in self.model.graph.node for o in n.output}
-            groups = range(len(self.contract.groups))
-            names = [lr_current_name(g) for g in groups]
-            if not set(names) <= produced:
-                raise ModelError(
-                    "this model does not name its current learning rates "
-                    "(built by an older adamax-onnx); rebuild it to use get_lr"
-                )
-            names += [weight_decay_current_name(g) for g in groups]
-            names = [n for n in names if n in produced]
-            allowed = [GLOBAL_STEP, *self.contract.lr_inputs.values()]
-            probe = extract_subgraph(self.model, names, allowed)
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            sess = ort.InferenceSession(
-                probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
-            self._schedule_probe = (sess, names, [i.name for i in sess.get_inputs()])
-        sess, names, inputs = self._schedule_probe
-        step = int(self._value(GLOBAL_STEP))
-        limit = self.contract.table_limit
-        if limit is not None and step >= limit:
-            raise LearningRateTableExhausted(
-                f"global_step {step} is past the end of the learning-rate table (length {limit})"
-            )
-        feeds = {n: self._lr_values[n].numpy() for n in inputs if n != GLOBAL_STEP}
-        if GLOBAL_STEP in inputs:
-            feeds[GLOBAL_STEP] = np.array(step, np.int64)
-        return {n: float(v) for n, v in zip(names, sess.run(names, feeds), strict=True)}
+    def _probe(self) -> tuple[LearningRateProbe, int, dict[str, np.ndarray]]:
+        """The probe (cut out once), the graph's global_step and the fixed learning rates."""
+        if self._lr_probe is None:
+            self._lr_probe = LearningRateProbe(self.model, self.contract)
+        lrs = {n: v.numpy() for n, v in self._lr_values.items()}
+        return self._lr_probe, int(self._value(GLOBAL_STEP)), lrs
 
     def get_lr(self) -> dict[int, float]:
         """The learning rate each group uses at the next step, by group index.
@@ -586,21 +463,15 @@ class TrainingSession:
         Raises:
             LearningRateTableExhausted: a learning-rate table has no entry for this step.
         """
-        values = self._current_values()
-        return {g: values[lr_current_name(g)] for g in range(len(self.contract.groups))}
+        probe, step, lrs = self._probe()
+        return probe.learning_rates(step, lrs)
 
     def get_lr_parameter(self, param: str | Sequence[str]) -> float | list[float]:
         """The learning rate of a parameter's group (or a list, for a list of names)."""
         names = [param] if isinstance(param, str) else list(param)
-        group_of = {p: g for g, grp in enumerate(self.contract.groups) for p in grp["params"]}
-        unknown = [n for n in names if n not in group_of]
-        if unknown:
-            raise ModelError(
-                f"get_lr_parameter: {unknown} are not optimizer parameters; they are "
-                f"{self.contract.params}"
-            )
+        groups = groups_of(self.contract, names)
         lrs = self.get_lr()
-        values = [lrs[group_of[n]] for n in names]
+        values = [lrs[g] for g in groups]
         return values[0] if isinstance(param, str) else values
 
     def get_weight_decay(self) -> dict[int, float]:
@@ -611,28 +482,17 @@ class TrainingSession:
         that when it applies it). Ungrouped, parameters named "beta"/"gamma" are still not
         decayed; a group's ``decayed`` list in the contract names the ones that are.
         """
-        values = self._current_values()
-        out: dict[int, float] = {}
-        for g, grp in enumerate(self.contract.groups):
-            name = weight_decay_current_name(g)
-            out[g] = values[name] if name in values else float(grp["weight_decay"])
-        return out
+        probe, step, lrs = self._probe()
+        return probe.weight_decays(step, lrs)
 
     # -- checkpoints -------------------------------------------------------------------------
     def identity(self) -> str:
         """A fingerprint of the model's trainable interface: parameters, shapes, dtypes, hyper."""
-        doc = {
-            "kind": self.contract.kind,
-            "params": [
-                [n, self._buffers[0][n].shape(), self._buffers[0][n].data_type()]
-                for n in self.contract.params
-            ],
-            "hyper": self.contract.hyper,
-            "groups": self.contract.groups,
-        }
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        return model_identity(self.contract, self._state_specs)
 
-    def _all_state(self) -> dict[str, np.ndarray]:
+    def state_tensors(self) -> dict[str, np.ndarray]:
+        """Host copies of every tensor carried between steps, by graph input name: parameters,
+        optimizer state and fixed learning rates (what a checkpoint holds)."""
         arrays = {n: self._value(n) for n in self._state_names}
         arrays.update({n: v.numpy().copy() for n, v in self._lr_values.items()})
         return arrays
@@ -644,42 +504,21 @@ class TrainingSession:
             "params": self.contract.params,
             "global_step": self._global_step,
         }
-        return write_checkpoint(path, self._all_state(), meta)
+        return write_checkpoint(path, self.state_tensors(), meta)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore parameters and state; a checkpoint of another model is refused, state untouched."""
         arrays, meta = read_checkpoint(path)
-        if meta.get("identity") != self.identity():
-            theirs = meta.get("params")
-            mine = self.contract.params
-            detail = (
-                f"its parameters are {theirs}, this model's are {mine}"
-                if theirs != mine
-                else "same parameter names, but shapes, dtypes or optimizer settings differ"
-            )
-            raise CheckpointError(f"checkpoint {str(path)!r} belongs to another model: {detail}")
-        expected = set(self._state_names) | set(self._lr_values)
-        if set(arrays) != expected:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} holds tensors {sorted(set(arrays) ^ expected)} that do "
-                "not match this model"
-            )
+        check_restorable(
+            path,
+            arrays,
+            meta,
+            self.identity(),
+            self.contract.params,
+            self._state_specs,
+            GLOBAL_STEP,
+        )
         cur = self._buffers[self._cur]
-        targets = {**{n: cur[n] for n in self._state_names}, **self._lr_values}
-        for name, value in targets.items():
-            want = np.dtype(_ORT_TYPES[value.data_type()])
-            got = arrays[name]
-            if got.shape != tuple(value.shape()) or got.dtype != want:
-                raise CheckpointError(
-                    f"checkpoint tensor {name!r} is {got.dtype}{list(got.shape)}, this model "
-                    f"needs {want.name}{list(value.shape())}"
-                )
-        if meta.get("global_step") != int(arrays[GLOBAL_STEP]):
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} is inconsistent: its metadata says step "
-                f"{meta.get('global_step')!r} but its global_step tensor holds "
-                f"{int(arrays[GLOBAL_STEP])}"
-            )
         for name in self._state_names:
             cur[name].update_inplace(np.asarray(arrays[name], order="C"))
         for name, value in self._lr_values.items():
@@ -700,40 +539,30 @@ class TrainingSession:
         return save_model_atomically(self.inference_model(), path)
 
     def predict(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run the inference graph on the current parameters (no update); returns its outputs."""
+        """Run the inference graph on the current parameters (no update); returns its outputs.
+
+        Raises:
+            FeedError: a missing, extra, wrongly typed or shaped input (as :meth:`step`).
+        """
         if self._predictor is None:
             live = [*self.contract.params, *self.contract.extra_state]
             model = extract_inference_model(self.model, {}, params_as_inputs=live)
-            self._predictor = ort.InferenceSession(
+            predictor = ort.InferenceSession(
                 model.SerializeToString(), sess_options=self._sess_options, providers=self.providers
             )
-        binding = self._predictor.io_binding()
-        bound = {i.name for i in self._predictor.get_inputs()}
+            specs = {i.name: TensorSpec.of_input(i) for i in predictor.get_inputs()}
+            takes = self.contract.model_inputs
+            validator = FeedValidator(specs, takes, "predict", refuse_empty=False)
+            self._predictor = (predictor, validator, frozenset(specs))
+        predictor, validate, inputs = self._predictor
+        arrays = validate(feeds)
+        binding = predictor.io_binding()
         for name in [*self.contract.params, *self.contract.extra_state]:
-            if name in bound:  # extra state the inference graph reads: running statistics
+            if name in inputs:  # extra state the graph reads: running statistics
                 binding.bind_ortvalue_input(name, self._buffers[self._cur][name])
-        known = set(self.contract.model_inputs)
-        missing = [n for n in self.contract.model_inputs if n not in feeds]
-        if missing:
-            raise FeedError(f"missing input(s) {missing}; the model takes {sorted(known)}")
-        specs = {i.name: i for i in self._predictor.get_inputs()}
-        for name, arr in feeds.items():
-            if name not in known:
-                raise FeedError(f"unexpected input {name!r}; the model takes {sorted(known)}")
-            want = _ORT_TYPES.get(specs[name].type)
-            shape = specs[name].shape
-            if not isinstance(arr, np.ndarray) or (want is not None and arr.dtype != want):
-                got = arr.dtype if isinstance(arr, np.ndarray) else type(arr).__name__
-                raise FeedError(
-                    f"input {name!r} is {got}, expected a numpy array of {np.dtype(want).name}"
-                )
-            if shape is not None and len(shape) != arr.ndim:
-                raise FeedError(
-                    f"input {name!r} has shape {list(arr.shape)}, expected rank {len(shape)} "
-                    f"({shape})"
-                )
-            binding.bind_cpu_input(name, np.asarray(arr, order="C"))
+        for name, arr in arrays.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(arr))
         for out in self.contract.model_outputs:
             binding.bind_output(out, "cpu")
-        self._predictor.run_with_iobinding(binding)
+        predictor.run_with_iobinding(binding)
         return [o.numpy() for o in binding.get_outputs()]

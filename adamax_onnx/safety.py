@@ -262,15 +262,18 @@ def label_ranges(
 
 
 def check_batch_values(
-    arrays: Mapping[str, np.ndarray], ranges: Mapping[str, tuple[int, int | None]]
+    arrays: Mapping[str, np.ndarray],
+    ranges: Mapping[str, tuple[int, int | None]],
+    refuse_empty: bool = True,
 ) -> None:
-    """Refuse an empty batch and class labels outside ``[0, classes)``.
+    """Refuse an empty batch (unless ``refuse_empty`` is False) and class labels outside
+    ``[0, classes)``.
 
     Raises:
         FeedError: naming the input, the offending value and where it is.
     """
     for name, arr in arrays.items():
-        if arr.size == 0:
+        if refuse_empty and arr.size == 0:
             raise FeedError(
                 f"input {name!r} is empty (shape {list(arr.shape)}): a step needs at least one "
                 "example"

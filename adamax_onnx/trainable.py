@@ -26,12 +26,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .api import load_model
 from .atomic import save_model_atomically
 from .errors import ModelError
 from .passes.contract import (
@@ -61,14 +62,21 @@ def _state_names(graph: onnx.GraphProto) -> list[str]:
     return [i.name for i in graph.input if updated(i.name) in outputs]
 
 
+@runtime_checkable
+class _LiveSession(Protocol):
+    """What this module reads of a :class:`~adamax_onnx.TrainingSession` (which imports this
+    module: the dependency stays one-way)."""
+
+    model: onnx.ModelProto
+
+    def state_tensors(self) -> dict[str, np.ndarray]: ...
+
+
 def _training_model_and_values(source: Any) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The built training model and the current value of every state and learning-rate input."""
-    from .api import load_model
-    from .runtime import TrainingSession
-
-    if isinstance(source, TrainingSession):
+    if isinstance(source, _LiveSession):
         # The session's live buffers: parameters, optimizer state, learning rates.
-        return source.model, source._all_state()
+        return source.model, source.state_tensors()
     model = load_model(source)
     if is_trainable_file(model):
         model = training_model_from_trainable(model)

@@ -98,7 +98,7 @@ def test_float16_parameters_chunk_with_their_casts():
     params = _params([(64, 32)], dtype=np.float16)  # chunk layout [32, 64]
     model = ax.build_optimizer_model(ax.AdaMax(list(params), learning_rate=0.01), params)
     chunked, plain = _session_pair(model)
-    assert chunked._layout and not plain._layout
+    assert chunked.chunk_layout and not plain.chunk_layout
     for step in range(4):
         grads = _grads(params, step)
         chunked.step(grads)
@@ -118,7 +118,9 @@ def test_training_model_with_guard_and_centralization_is_bit_identical():
     train = ax.build_training_model(model, opt, bucket_size=0, skip_nonfinite=True)
     chunked, plain = _session_pair(train)
     # fc1.weight [64, 32] runs as [32, 64]; fc2.weight [16, 64] as [16, 64] (same shape)
-    assert chunked._layout["fc1.weight"] == [32, 64] and "fc2.weight" not in chunked._layout
+    assert (
+        chunked.chunk_layout["fc1.weight"] == [32, 64] and "fc2.weight" not in chunked.chunk_layout
+    )
     # The same rewrite baked into the file at build time (applied after the guard).
     baked_model = ax.build_training_model(
         model, opt, bucket_size=0, skip_nonfinite=True, chunk_size=64
@@ -157,7 +159,7 @@ def test_training_session_chunks_by_default_on_cpu_only():
     model = ax.build_optimizer_model(ax.AdaMax(list(params)), params)
     sess = ax.TrainingSession(model)
     assert sess.chunk_size == DEFAULT_CHUNK_SIZE
-    assert sess._layout == {n: [8, 131072] for n in ("p0", "p0.adamax.m", "p0.adamax.v")}
+    assert sess.chunk_layout == {n: [8, 131072] for n in ("p0", "p0.adamax.m", "p0.adamax.v")}
     # the model itself keeps parameter-shaped outputs (portable file)
     assert _out_dims(sess.model)["p0.updated"] == [1 << 20]
     with pytest.raises(ValueError, match="chunk_size"):
@@ -165,7 +167,7 @@ def test_training_session_chunks_by_default_on_cpu_only():
 
 
 def test_a_chunked_model_onnxruntime_refuses_falls_back_with_a_warning(monkeypatch):
-    import adamax_onnx.runtime as runtime
+    import adamax_onnx.passes.session as session_pass
     from adamax_onnx.passes.base import PassResult
 
     class Broken:  # stands in for ChunkUpdates: a rewrite onnxruntime cannot load
@@ -178,12 +180,12 @@ def test_a_chunked_model_onnxruntime_refuses_falls_back_with_a_warning(monkeypat
             bad.graph.node.append(onnx.helper.make_node("NoSuchOp", ["p0"], ["junk"]))
             return PassResult(bad, True)
 
-    monkeypatch.setattr(runtime, "ChunkUpdates", Broken)
+    monkeypatch.setattr(session_pass, "ChunkUpdates", Broken)
     params = _params([(64, 32)])
     model = ax.build_optimizer_model(ax.AdaMax(list(params), learning_rate=0.01), params)
     with pytest.warns(RuntimeWarning, match="refused the chunked update"):
         sess = ax.TrainingSession(model, chunk_size=64)
-    assert sess._layout == {}
+    assert sess.chunk_layout == {}
     ref = NumpyAdaMax(params, learning_rate=0.01)
     grads = _grads(params, 0)
     sess.step(grads)

@@ -196,9 +196,11 @@ def test_predict_feeds_are_checked(train_model):
     sess = ax.TrainingSession(train_model)
     for bad, word in [
         ({}, "missing input"),
-        ({"input": x, "labels": y}, "unexpected input 'labels'"),
+        ({"input": x, "labels": y}, r"unexpected input\(s\) \['labels'\]"),
         ({"input": x.astype(np.float64)}, "float64"),
         ({"input": x[0]}, "rank 2"),
+        ({"input": x[:, :11].copy()}, "axis 1 must be 12"),  # the step's checks, one validator
+        ([x], "dict of input name"),
     ]:
         with pytest.raises(ax.FeedError, match=word):
             sess.predict(bad)

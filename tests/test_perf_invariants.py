@@ -2,7 +2,7 @@
 
 * a step is exactly one ``InferenceSession.run_with_iobinding`` (counted through a proxy);
 * updated parameters and state land in the two preallocated ping-pong buffer sets, whose
-  memory never moves, and a step allocates nothing parameter-sized on the host (tracemalloc
+  memory never moves (seen through ``TrainingSession.ortvalue``), and a step allocates nothing parameter-sized on the host (tracemalloc
   sees numpy's allocations; resident memory covers onnxruntime's);
 * the AdaMax update of a float32 parameter is 10 nodes, plus 2 for weight decay and 1 for a loss
   scale, and ``lr / (1 - beta1_power)`` is computed once per group;
@@ -83,25 +83,27 @@ def test_updates_land_in_the_two_preallocated_buffer_sets(build):
     # [rows, 32]; they must still be written into the same parameter-shaped buffers.
     sess, feeds = _mlp_session(**build)
     if build:
-        assert sess._layout and all(len(shape) == 2 for shape in sess._layout.values())
+        layout = sess.chunk_layout
+        assert layout and all(len(shape) == 2 for shape in layout.values())
     names = sess.contract.state_inputs()
-    values = [dict(buf) for buf in sess._buffers]  # the OrtValue objects themselves
-    ptrs = [{n: buf[n].data_ptr() for n in names} for buf in sess._buffers]
-    assert not set(ptrs[0].values()) & set(ptrs[1].values())  # two distinct sets
-    for step in range(4):
-        src, dst = step % 2, 1 - step % 2
-        before_src = {n: sess._buffers[src][n].numpy().copy() for n in names}
+    ptrs = []  # per step: name -> memory of the current value
+    for _ in range(5):
+        current = {n: sess.ortvalue(n) for n in names}
+        ptrs.append({n: v.data_ptr() for n, v in current.items()})
+        before = {n: v.numpy().copy() for n, v in current.items()}
         sess.step(feeds)
         params = sess.parameters()
         for n in names:
-            # Same OrtValue objects, same memory, every step.
-            assert sess._buffers[dst][n] is values[dst][n]
-            assert sess._buffers[dst][n].data_ptr() == ptrs[dst][n]
-            # The run read set src (unchanged) and wrote set dst in place.
-            np.testing.assert_array_equal(sess._buffers[src][n].numpy(), before_src[n])
+            # The run read the current set, left it unchanged, and wrote the other one.
+            np.testing.assert_array_equal(current[n].numpy(), before[n])
+            assert sess.ortvalue(n).data_ptr() != ptrs[-1][n]
         for p in sess.contract.params:
-            np.testing.assert_array_equal(sess._buffers[dst][p].numpy(), params[p])
-            assert not np.array_equal(params[p], before_src[p])
+            np.testing.assert_array_equal(sess.ortvalue(p).numpy(), params[p])
+            assert not np.array_equal(params[p], before[p])
+    # Two distinct buffer sets whose memory never moves: the current one alternates.
+    assert not set(ptrs[0].values()) & set(ptrs[1].values())
+    for k in range(2, len(ptrs)):
+        assert ptrs[k] == ptrs[k - 2], f"step {k}: a buffer moved"
 
 
 def _rss_kib() -> int:

@@ -86,7 +86,9 @@ class LocalClient:
 
     def load_global(self, arrays: ArrayRecord) -> None:
         """Set the session's parameters to the received global ones (state untouched)."""
-        expected = self.session.parameters()
+        # Checked against the specs the session's own set_parameters checks (no host copy of
+        # the parameters just to read their shapes); float64 from the server is cast.
+        expected = self.session.parameter_specs
         values = check_parameters(from_record(arrays), expected, "global parameters", cast=True)
         self.session.set_parameters(values)
 

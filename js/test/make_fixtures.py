@@ -181,7 +181,7 @@ def record(case, out: Path) -> dict:
         out / f"{name}.ref.npz",
         __losses__=np.array(losses, np.float64),
         __overflow__=np.array(overflow),
-        **sess._all_state(),
+        **sess.state_tensors(),
     )
     if training:
         sess.export_inference_model(out / f"{name}.trained.onnx")
