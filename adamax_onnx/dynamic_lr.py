@@ -19,14 +19,14 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .schedules import (
-    _check_bool,
-    _check_float_type,
-    _check_is_float,
-    _check_non_negative_float,
-    _check_positive_float,
-    _check_positive_int,
-    _check_type,
+from .checkparam import (
+    check_bool,
+    check_float_type,
+    check_is_float,
+    check_non_negative_float,
+    check_positive_float,
+    check_positive_int,
+    check_type,
 )
 
 __all__ = [
@@ -53,14 +53,14 @@ def _check_decay_inputs(
     decay_epoch: Any,
     is_stair: Any,
 ) -> None:
-    _check_positive_int(total_step, "total_step")
-    _check_positive_int(step_per_epoch, "step_per_epoch")
-    _check_positive_int(decay_epoch, "decay_epoch")
-    _check_positive_float(learning_rate, "learning_rate")
-    _check_is_float(learning_rate, "learning_rate")
-    _check_positive_float(decay_rate, "decay_rate")
-    _check_is_float(decay_rate, "decay_rate")
-    _check_bool(is_stair, "is_stair")
+    check_positive_int(total_step, "total_step")
+    check_positive_int(step_per_epoch, "step_per_epoch")
+    check_positive_int(decay_epoch, "decay_epoch")
+    check_positive_float(learning_rate, "learning_rate")
+    check_is_float(learning_rate, "learning_rate")
+    check_positive_float(decay_rate, "decay_rate")
+    check_is_float(decay_rate, "decay_rate")
+    check_bool(is_stair, "is_stair")
 
 
 def piecewise_constant_lr(milestone: Sequence[int], learning_rates: Sequence[float]) -> list[float]:
@@ -80,8 +80,8 @@ def piecewise_constant_lr(milestone: Sequence[int], learning_rates: Sequence[flo
         ValueError: the lengths differ, a milestone is <= 0 or smaller than the previous one,
             or a rate is not finite.
     """
-    _check_type(milestone, "milestone", (tuple, list))
-    _check_type(learning_rates, "learning_rates", (tuple, list))
+    check_type(milestone, "milestone", (tuple, list))
+    check_type(learning_rates, "learning_rates", (tuple, list))
     if len(milestone) != len(learning_rates):
         raise ValueError(
             "For 'piecewise_constant_lr', 'milestone' and 'learning_rates' must have the same "
@@ -90,8 +90,8 @@ def piecewise_constant_lr(milestone: Sequence[int], learning_rates: Sequence[flo
     out: list[float] = []
     previous = 0
     for k, (end, rate) in enumerate(zip(milestone, learning_rates, strict=True)):
-        _check_positive_int(end, f"milestone[{k}]")
-        _check_is_float(rate, f"learning_rates[{k}]")
+        check_positive_int(end, f"milestone[{k}]")
+        check_is_float(rate, f"learning_rates[{k}]")
         if end < previous:
             raise ValueError(
                 f"For 'piecewise_constant_lr', milestone[{k}] must not be smaller than "
@@ -212,13 +212,13 @@ def cosine_decay_lr(
         ValueError: ``min_lr`` < 0, ``max_lr`` <= 0, an int argument < 1, a non-finite value,
             or ``min_lr >= max_lr``.
     """
-    _check_float_type(min_lr, "min_lr", "cosine_decay_lr")
-    _check_non_negative_float(min_lr, "min_lr")
-    _check_positive_float(max_lr, "max_lr")
-    _check_is_float(max_lr, "max_lr")
-    _check_positive_int(total_step, "total_step")
-    _check_positive_int(step_per_epoch, "step_per_epoch")
-    _check_positive_int(decay_epoch, "decay_epoch")
+    check_float_type(min_lr, "min_lr", "cosine_decay_lr")
+    check_non_negative_float(min_lr, "min_lr")
+    check_positive_float(max_lr, "max_lr")
+    check_is_float(max_lr, "max_lr")
+    check_positive_int(total_step, "total_step")
+    check_positive_int(step_per_epoch, "step_per_epoch")
+    check_positive_int(decay_epoch, "decay_epoch")
     if min_lr >= max_lr:
         raise ValueError(
             "For 'cosine_decay_lr', 'max_lr' must be greater than 'min_lr', "
@@ -257,16 +257,16 @@ def polynomial_decay_lr(
         ValueError: ``learning_rate`` or ``power`` <= 0, ``end_learning_rate`` < 0, an int
             argument < 1, or a non-finite value.
     """
-    _check_positive_float(learning_rate, "learning_rate")
-    _check_is_float(learning_rate, "learning_rate")
-    _check_float_type(end_learning_rate, "end_learning_rate", "polynomial_decay_lr")
-    _check_non_negative_float(end_learning_rate, "end_learning_rate")
-    _check_positive_float(power, "power")
-    _check_is_float(power, "power")
-    _check_positive_int(total_step, "total_step")
-    _check_positive_int(step_per_epoch, "step_per_epoch")
-    _check_positive_int(decay_epoch, "decay_epoch")
-    _check_bool(update_decay_epoch, "update_decay_epoch")
+    check_positive_float(learning_rate, "learning_rate")
+    check_is_float(learning_rate, "learning_rate")
+    check_float_type(end_learning_rate, "end_learning_rate", "polynomial_decay_lr")
+    check_non_negative_float(end_learning_rate, "end_learning_rate")
+    check_positive_float(power, "power")
+    check_is_float(power, "power")
+    check_positive_int(total_step, "total_step")
+    check_positive_int(step_per_epoch, "step_per_epoch")
+    check_positive_int(decay_epoch, "decay_epoch")
+    check_bool(update_decay_epoch, "update_decay_epoch")
 
     delta = learning_rate - end_learning_rate
     out: list[float] = []
@@ -296,11 +296,11 @@ def warmup_lr(
         TypeError: ``learning_rate`` is not a float, or an int argument is not an int.
         ValueError: ``learning_rate`` < 0 or not finite, or an int argument < 1.
     """
-    _check_float_type(learning_rate, "learning_rate", "warmup_lr")
-    _check_non_negative_float(learning_rate, "learning_rate")
-    _check_positive_int(warmup_epoch, "warmup_epoch")
-    _check_positive_int(total_step, "total_step")
-    _check_positive_int(step_per_epoch, "step_per_epoch")
+    check_float_type(learning_rate, "learning_rate", "warmup_lr")
+    check_non_negative_float(learning_rate, "learning_rate")
+    check_positive_int(warmup_epoch, "warmup_epoch")
+    check_positive_int(total_step, "total_step")
+    check_positive_int(step_per_epoch, "step_per_epoch")
     out: list[float] = []
     for i in range(total_step):
         t = min(warmup_epoch, _epoch_of(i, step_per_epoch))

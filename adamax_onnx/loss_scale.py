@@ -25,11 +25,11 @@ not reproduced.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import onnx
 
+from .checkparam import check_int_above_zero, check_real_number, is_less
 from .passes.nonfinite import OVERFLOW, GuardNonFinite, LossScaleSpec
 
 __all__ = [
@@ -39,34 +39,6 @@ __all__ = [
     "OverflowGuard",
     "apply_guard",
 ]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, complex)
-
-
-def _check_positive_int(value: Any, arg: str, owner: str) -> int:
-    """MindSpore ``validator.check_positive_int``: int (not bool), finite, > 0."""
-    if not isinstance(value, int):
-        raise TypeError(f"For '{owner}', the '{arg}' must be int, but got '{type(value).__name__}'")
-    if isinstance(value, bool) or value <= 0:
-        kind = TypeError if isinstance(value, bool) else ValueError
-        raise kind(
-            f"For '{owner}', the '{arg}' must be int and must > 0, but got '{value}' with type "
-            f"'{type(value).__name__}'."
-        )
-    return value
-
-
-def _compare(value: Any, arg: str, owner: str, below: float) -> bool:
-    """``value < below`` as Python evaluates it in MindSpore (TypeError for non-numbers)."""
-    try:
-        return bool(value < below)
-    except TypeError as exc:
-        raise TypeError(
-            f"For '{owner}', the argument '{arg}' must be a number, but got "
-            f"'{type(value).__name__}'."
-        ) from exc
 
 
 class LossScaleManager:
@@ -108,21 +80,17 @@ class DynamicLossScaleManager(LossScaleManager):
         self, init_loss_scale: float = 2**24, scale_factor: float = 2, scale_window: int = 2000
     ) -> None:
         owner = "DynamicLossScaleManager"
-        if _compare(init_loss_scale, "init_loss_scale", owner, 1.0):
+        if is_less(init_loss_scale, 1.0, "init_loss_scale", owner):
             raise ValueError(
                 f"The argument 'init_loss_scale' must be > 1, but got {init_loss_scale}"
             )
-        _check_positive_int(scale_window, "scale_window", owner)
-        if not _compare(0, "scale_factor", owner, scale_factor):  # scale_factor <= 0
+        check_int_above_zero(scale_window, "scale_window", owner)
+        if not is_less(0, scale_factor, "scale_factor", owner):  # scale_factor <= 0
             raise ValueError(f"The argument 'scale_factor' must be > 0, but got {scale_factor}")
         # Beyond MindSpore (which accepts them and then trains on garbage): the graph keeps the
         # scale in float32, so it must be a finite real number there.
-        for arg, value in (("init_loss_scale", init_loss_scale), ("scale_factor", scale_factor)):
-            if not _is_number(value) or not math.isfinite(float(value)) or float(value) > 3.4e38:
-                raise ValueError(
-                    f"For '{owner}', '{arg}' must be a finite number that fits float32, "
-                    f"got {value!r}"
-                )
+        check_real_number(init_loss_scale, "init_loss_scale", owner, fits_float32=True)
+        check_real_number(scale_factor, "scale_factor", owner, fits_float32=True)
         self.loss_scale = float(init_loss_scale)
         self.scale_factor = float(scale_factor)
         self.scale_window = int(scale_window)
@@ -162,12 +130,9 @@ class FixedLossScaleManager(LossScaleManager):
 
     def __init__(self, loss_scale: float = 128.0, drop_overflow_update: bool = True) -> None:
         owner = "FixedLossScaleManager"
-        if _compare(loss_scale, "loss_scale", owner, 1):
+        if is_less(loss_scale, 1, "loss_scale", owner):
             raise ValueError(f"The argument 'loss_scale' must be >= 1, but got {loss_scale}")
-        if not _is_number(loss_scale) or not math.isfinite(float(loss_scale)):
-            raise ValueError(
-                f"For '{owner}', 'loss_scale' must be a finite number, got {loss_scale!r}"
-            )
+        check_real_number(loss_scale, "loss_scale", owner)
         self.loss_scale = float(loss_scale)
         self.drop_overflow_update = bool(drop_overflow_update)
 

@@ -11,15 +11,17 @@ with a ``name`` string attribute.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .checkparam import check_float, check_non_negative, check_open_unit, check_positive
+
 __all__ = ["AdaMax", "ParamConfig", "LearningRate", "WeightDecay"]
 
+_PRIM = "AdaMax"
 _GROUP_KEYS = ("params", "lr", "weight_decay", "order_params", "grad_centralization")
 
 #: A resolved learning rate: fixed float, per-step float32 table (1-D), or a schedule object.
@@ -40,56 +42,17 @@ def _param_name(p: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _type_error(arg: str, value: Any, expected: str) -> TypeError:
-    return TypeError(
-        f"For 'AdaMax', the type of '{arg}' should be {expected}, "
-        f"but got type '{type(value).__name__}' (value {value!r})."
-    )
-
-
-def _check_float(arg: str, value: Any) -> float:
-    # MindSpore: bool is rejected where only float is valid; int is rejected too.
-    if isinstance(value, bool) or not isinstance(value, float):
-        raise _type_error(arg, value, "'float'")
-    return value
-
-
-def _check_open_unit(arg: str, value: float) -> None:
-    if not (0.0 < value < 1.0):
-        raise ValueError(f"For 'AdaMax', '{arg}' should be in range (0.0, 1.0), but got {value!r}.")
-
-
-def _check_legal(arg: str, value: float) -> None:
-    # MindSpore rejects inf and nan for lr, weight_decay, eps and loss_scale ("a legal value").
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"For 'AdaMax', the '{arg}' must be a legal value, but got '{value}'.")
-
-
-def _check_positive(arg: str, value: float) -> None:
-    _check_legal(arg, value)
-    if not value > 0.0:
-        raise ValueError(f"For 'AdaMax', '{arg}' should be greater than 0, but got {value!r}.")
-
-
-def _check_non_negative(arg: str, value: float) -> None:
-    _check_legal(arg, value)
-    if not value >= 0.0:
-        raise ValueError(
-            f"For 'AdaMax', '{arg}' should be greater than or equal to 0, but got {value!r}."
-        )
-
-
 def _resolve_lr(value: Any, arg: str = "learning_rate") -> LearningRate:
     """MindSpore ``_preprocess_single_lr``: float/int, 0-d or 1-D tensor, iterable, or schedule."""
     if isinstance(value, (float, int)):  # bool included, as in MindSpore (float(True) == 1.0)
         value = float(value)
-        _check_non_negative(arg, value)
+        check_non_negative(value, arg, _PRIM)
         return value
     if isinstance(value, (np.ndarray, np.generic)):
         arr = np.asarray(value)
         if arr.ndim == 0:
             lr = float(arr.astype(np.float32))
-            _check_non_negative(arg, lr)
+            check_non_negative(lr, arg, _PRIM)
             return lr
         if arr.ndim > 1:
             raise ValueError(
@@ -128,7 +91,7 @@ def _resolve_weight_decay(value: Any, arg: str = "weight_decay") -> WeightDecay:
     """MindSpore ``_preprocess_weight_decay`` (the loss-scale product is applied by the pass)."""
     if isinstance(value, (float, int)):  # bool accepted, as in MindSpore
         value = float(value)
-        _check_non_negative(arg, value)
+        check_non_negative(value, arg, _PRIM)
         return value
     if _is_schedule(value):
         return value
@@ -237,9 +200,8 @@ class AdaMax:
             )
         if isinstance(loss_scale, int):  # bool included, as in MindSpore
             loss_scale = float(loss_scale)
-        if not isinstance(loss_scale, float):
-            raise _type_error("loss_scale", loss_scale, "'float'")
-        _check_positive("loss_scale", loss_scale)
+        check_float(loss_scale, "loss_scale", _PRIM)
+        check_positive(loss_scale, "loss_scale", _PRIM)
         default_lr = _resolve_lr(learning_rate)
         self.is_group = isinstance(params[0], dict)
         configs = (
@@ -249,12 +211,12 @@ class AdaMax:
         )
         # MindSpore validates the optimizer-level weight decay even when every group sets its own.
         self.weight_decay = _resolve_weight_decay(weight_decay)
-        self.beta1 = _check_float("beta1", beta1)
-        self.beta2 = _check_float("beta2", beta2)
-        self.eps = _check_float("eps", eps)
-        _check_open_unit("beta1", self.beta1)
-        _check_open_unit("beta2", self.beta2)
-        _check_positive("eps", self.eps)
+        self.beta1 = check_float(beta1, "beta1", _PRIM)
+        self.beta2 = check_float(beta2, "beta2", _PRIM)
+        self.eps = check_float(eps, "eps", _PRIM)
+        check_open_unit(self.beta1, "beta1", _PRIM)
+        check_open_unit(self.beta2, "beta2", _PRIM)
+        check_positive(self.eps, "eps", _PRIM)
         if not self.is_group:
             # After the beta/eps checks, where MindSpore fails (cloning moment1.<name> twice).
             _check_no_duplicates([c.name for c in configs])

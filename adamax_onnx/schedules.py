@@ -76,6 +76,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .checkparam import (
+    check_bool,
+    check_float_type,
+    check_is_float,
+    check_non_negative_float,
+    check_positive_float,
+    check_positive_int,
+)
+
 if TYPE_CHECKING:  # only for annotations: the builder lives in the graph-pass package
     from .passes.builder import GraphBuilder
 
@@ -94,95 +103,16 @@ _F32 = np.float32
 
 
 # -- argument checks (same exception types, same order as MindSpore's ``_checkparam``) ----------
-def _where(prim: str | None) -> str:
-    return f"For '{prim}', the" if prim else "The"
-
-
-def _reject_non_finite(value: Any, arg: str, prim: str | None) -> None:
-    # MindSpore tests with both math and numpy; either can itself raise on odd inputs (e.g. an
-    # int too large for a float), and that exception then propagates unchanged, as there.
-    if math.isinf(value) or math.isnan(value) or np.isinf(value) or np.isnan(value):
-        raise ValueError(f"{_where(prim)} '{arg}' must be a finite number, but got {value!r}.")
-
-
-def _check_number(value: Any, kind: type, arg: str, prim: str | None, positive: bool) -> Any:
-    """``value`` must be an instance of ``kind`` (bool excluded), finite, and > 0 (or >= 0)."""
-    if not isinstance(value, kind):
-        raise TypeError(
-            f"{_where(prim)} '{arg}' must be {kind.__name__}, but got {type(value).__name__}."
-        )
-    _reject_non_finite(value, arg, prim)
-    relation = "> 0" if positive else ">= 0"
-    ok = value > 0 if positive else value >= 0
-    if isinstance(value, bool):
-        raise TypeError(
-            f"{_where(prim)} '{arg}' must be {kind.__name__} and {relation}, but got bool."
-        )
-    if not ok:
-        raise ValueError(f"{_where(prim)} '{arg}' must be {relation}, but got {value!r}.")
-    return value
-
-
-def _check_positive_int(value: Any, arg: str, prim: str | None = None) -> int:
-    return _check_number(value, int, arg, prim, positive=True)
-
-
-def _check_positive_float(value: Any, arg: str, prim: str | None = None) -> float:
-    return _check_number(value, float, arg, prim, positive=True)
-
-
-def _check_non_negative_float(value: Any, arg: str, prim: str | None = None) -> float:
-    return _check_number(value, float, arg, prim, positive=False)
-
-
-def _check_is_float(value: Any, arg: str, prim: str | None = None) -> float:
-    """A float (not bool) that is finite."""
-    if isinstance(value, float) and not isinstance(value, bool):
-        _reject_non_finite(value, arg, prim)
-        return value
-    raise TypeError(
-        f"{_where(prim)} type of '{arg}' must be float, but got {type(value).__name__}."
-    )
-
-
-def _check_float_type(value: Any, arg: str, prim: str) -> float:
-    """The bare ``isinstance(value, float)`` test some MindSpore schedules make first."""
-    if not isinstance(value, float):
-        raise TypeError(
-            f"For '{prim}', the argument '{arg}' must be a float, but got {type(value).__name__}."
-        )
-    return value
-
-
-def _check_bool(value: Any, arg: str, prim: str | None = None) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{_where(prim)} type of '{arg}' must be bool, but got {type(value).__name__}."
-        )
-    return value
-
-
-def _check_type(value: Any, arg: str, types: tuple[type, ...], prim: str | None = None) -> Any:
-    # As in MindSpore, a bool only passes when bool itself is one of the accepted types.
-    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        names = ", ".join(t.__name__ for t in types)
-        raise TypeError(
-            f"{_where(prim)} type of '{arg}' must be one of ({names}), "
-            f"but got {type(value).__name__}."
-        )
-    return value
-
-
 def _check_decay_args(
     learning_rate: Any, decay_rate: Any, decay_steps: Any, is_stair: Any, prim: str
 ) -> None:
     """Checks shared by the exponential, natural-exponential and inverse-time schedules."""
-    _check_positive_int(decay_steps, "decay_steps", prim)
-    _check_positive_float(learning_rate, "learning_rate", prim)
-    _check_is_float(learning_rate, "learning_rate", prim)
-    _check_positive_float(decay_rate, "decay_rate", prim)
-    _check_is_float(decay_rate, "decay_rate", prim)
-    _check_bool(is_stair, "is_stair", prim)
+    check_positive_int(decay_steps, "decay_steps", prim)
+    check_positive_float(learning_rate, "learning_rate", prim)
+    check_is_float(learning_rate, "learning_rate", prim)
+    check_positive_float(decay_rate, "decay_rate", prim)
+    check_is_float(decay_rate, "decay_rate", prim)
+    check_bool(is_stair, "is_stair", prim)
 
 
 # -- base class ------------------------------------------------------------------------------
@@ -394,11 +324,11 @@ class CosineDecayLR(LearningRateSchedule):
 
     def __init__(self, min_lr: float, max_lr: float, decay_steps: int) -> None:
         prim = "CosineDecayLR"
-        _check_float_type(min_lr, "min_lr", prim)
-        _check_non_negative_float(min_lr, "min_lr", prim)
-        _check_positive_float(max_lr, "max_lr", prim)
-        _check_is_float(max_lr, "max_lr", prim)
-        _check_positive_int(decay_steps, "decay_steps", prim)
+        check_float_type(min_lr, "min_lr", prim)
+        check_non_negative_float(min_lr, "min_lr", prim)
+        check_positive_float(max_lr, "max_lr", prim)
+        check_is_float(max_lr, "max_lr", prim)
+        check_positive_int(decay_steps, "decay_steps", prim)
         if min_lr >= max_lr:
             raise ValueError(
                 f"For '{prim}', 'max_lr' must be greater than 'min_lr', "
@@ -483,14 +413,14 @@ class PolynomialDecayLR(LearningRateSchedule):
     ) -> None:
         prim = "PolynomialDecayLR"
         # MindSpore checks learning_rate without naming the class in the message.
-        _check_positive_float(learning_rate, "learning_rate")
-        _check_is_float(learning_rate, "learning_rate")
-        _check_float_type(end_learning_rate, "end_learning_rate", prim)
-        _check_non_negative_float(end_learning_rate, "end_learning_rate", prim)
-        _check_positive_int(decay_steps, "decay_steps", prim)
-        _check_bool(update_decay_steps, "update_decay_steps", prim)
-        _check_positive_float(power, "power", prim)
-        _check_is_float(power, "power", prim)
+        check_positive_float(learning_rate, "learning_rate")
+        check_is_float(learning_rate, "learning_rate")
+        check_float_type(end_learning_rate, "end_learning_rate", prim)
+        check_non_negative_float(end_learning_rate, "end_learning_rate", prim)
+        check_positive_int(decay_steps, "decay_steps", prim)
+        check_bool(update_decay_steps, "update_decay_steps", prim)
+        check_positive_float(power, "power", prim)
+        check_is_float(power, "power", prim)
         self.learning_rate = learning_rate
         self.end_learning_rate = end_learning_rate
         self.decay_steps = decay_steps
@@ -555,9 +485,9 @@ class WarmUpLR(LearningRateSchedule):
 
     def __init__(self, learning_rate: float, warmup_steps: int) -> None:
         prim = "WarmUpLR"
-        _check_float_type(learning_rate, "learning_rate", prim)
-        _check_non_negative_float(learning_rate, "learning_rate", prim)
-        _check_positive_int(warmup_steps, "warmup_steps", prim)
+        check_float_type(learning_rate, "learning_rate", prim)
+        check_non_negative_float(learning_rate, "learning_rate", prim)
+        check_positive_int(warmup_steps, "warmup_steps", prim)
         self.learning_rate = learning_rate
         self.warmup_steps = warmup_steps
 
