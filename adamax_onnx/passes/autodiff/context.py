@@ -22,7 +22,7 @@ import onnx_ir as ir
 from .errors import Unsupported
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import _Emitter
+    from .emitter import Emitter
 
 __all__ = ["GradContext", "Unsupported"]
 
@@ -37,7 +37,7 @@ class GradContext:
         opset: the model's default-domain opset.
     """
 
-    def __init__(self, emitter: _Emitter, node: ir.Node, needs: Sequence[bool]) -> None:
+    def __init__(self, emitter: Emitter, node: ir.Node, needs: Sequence[bool]) -> None:
         self._e = emitter
         self.node = node
         self.opset = emitter.opset
@@ -152,6 +152,11 @@ class GradContext:
     ) -> list[ir.Value]:
         """Emit one standard op with ``num_outputs`` outputs."""
         return self._e.emit(self._prefix, op_type, inputs, attrs, num_outputs)
+
+    def unique_name(self, name: str, *, in_node: bool = False) -> str:
+        """``name`` (or ``name_k``), unique in the whole model, for what a rule builds itself
+        (loop bodies); ``in_node``: under this node's gradient prefix, as :meth:`op` names."""
+        return self._e.unique(f"{self._prefix}/{name}" if in_node else name)
 
     def const(self, value: Any, dtype: ir.DataType | ir.Value | np.dtype | type) -> ir.Value:
         """A constant (shared initializer) of ``dtype``, or of the element type of a Value."""

@@ -62,11 +62,6 @@ def dact(ctx, name: str, y, like):
     return ctx.op("Sub", ctx.scalar(1.0, like), y2)
 
 
-def _fresh(ctx, name: str) -> str:
-    """A name unique in the whole model (outer graph, gradient nodes and loop bodies)."""
-    return ctx._e.unique(f"{ctx._prefix}/{name}")
-
-
 class Body:
     """Builds a ``Scan`` body (an ``ir.Graph``) whose names are unique in the model.
 
@@ -75,20 +70,20 @@ class Body:
 
     def __init__(self, ctx, label: str, dtype: ir.DataType) -> None:
         self.ctx = ctx
-        self.base = _fresh(ctx, label)
+        self.base = ctx.unique_name(label, in_node=True)
         self.dtype = dtype
         self.inputs: list[ir.Value] = []
         self.nodes: list[ir.Node] = []
 
     def input(self, label: str) -> ir.Value:
-        name = self.ctx._e.unique(f"{self.base}/{label}")
+        name = self.ctx.unique_name(f"{self.base}/{label}")
         # Every body input is a [batch, width] slice; onnxruntime wants the ranks known.
         v = ir.Value(name=name, type=ir.TensorType(self.dtype), shape=ir.Shape([None, None]))
         self.inputs.append(v)
         return v
 
     def op(self, op_type: str, *inputs: ir.Value, **attrs) -> ir.Value:
-        name = self.ctx._e.unique(f"{self.base}/{op_type}")
+        name = self.ctx.unique_name(f"{self.base}/{op_type}")
         node = ir.Node(
             "",
             op_type,
@@ -97,7 +92,7 @@ class Body:
             num_outputs=1,
             name=name,
         )
-        node.outputs[0].name = self.ctx._e.unique(f"{name}_out")
+        node.outputs[0].name = self.ctx.unique_name(f"{name}_out")
         self.nodes.append(node)
         return node.outputs[0]
 
