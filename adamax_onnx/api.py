@@ -19,28 +19,20 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import GradientError, LoweringError, ModelError
+from .errors import ModelError
 from .loss_scale import LossScaleManager, apply_guard
 from .optimizer import AdaMax, decays
-from .passes.adamax import DEFAULT_BUCKET_SIZE, AdaMaxPass
-from .passes.batchnorm import BatchNormError, DecomposeBatchNorm, to_eval_mode
+from .passes.adamax import DEFAULT_BUCKET_SIZE
 from .passes.builder import IR_VERSION, OPSET
 from .passes.chunking import ChunkUpdates
-from .passes.contract import (
-    Contract,
-    detach_initial_values,
-    grad_name,
-    lr_input_name,
-    write_contract,
-)
-from .passes.dropout import DropoutError, SeededDropout
-from .passes.gradients import BuildGradients, GradientBuilder, GradientBuildError
-from .passes.inference import embed_inference_graph
-from .passes.loss import LOSS_NAME, AttachLoss
-from .passes.lowering import LowerToStandard, UnloweredOpsError
-from .passes.sequences import SplitSequencesToSlices
-from .passes.ties import KEEP_TIES_KEY, RetieFoldedCopies, UntieTensors, is_generated_name
+from .passes.contract import Contract, grad_name, lr_input_name
+from .passes.gradients import GradientBuilder
+from .passes.loss import LOSS_NAME
+from .passes.ties import KEEP_TIES_KEY, is_generated_name
 from .safety import check_in_memory_model, load_model_file
+
+# The build pipeline (passes.pipeline) is imported on first use: it loads onnx_ir (and through
+# it sympy), which ``import adamax_onnx`` does not need to run a training model.
 
 __all__ = ["trainable_params", "build_training_model", "build_optimizer_model", "load_model"]
 
@@ -87,43 +79,24 @@ def load_model(model: onnx.ModelProto | str | Path | bytes) -> onnx.ModelProto:
 def untie(
     model: onnx.ModelProto, keep_ties: Iterable[str] | None = None, warn: bool = True
 ) -> onnx.ModelProto:
-    """``model`` with every tied tensor made a separate copy (:mod:`passes.ties`).
+    """A copy of ``model`` with every tied tensor made a separate copy (:mod:`passes.ties`).
 
     Ties whose shared initializer or tied tensor is named in ``keep_ties`` stay. First, a copy an
     exporter folded out of a weight that is also used under its own name (the transposed
     embedding of a tied LM head) reads the weight again (:class:`RetieFoldedCopies`). With
     ``warn``, one ``UserWarning`` names every tensor re-tied, and one every tensor untied.
     """
+    from .passes.infra import Pipeline
+    from .passes.pipeline import Untie
+
+    return Pipeline(Untie(_kept_ties(model, keep_ties), warn))(model)
+
+
+def _kept_ties(model: onnx.ModelProto, keep_ties: Iterable[str] | None) -> set[str]:
+    """``keep_ties`` and the ties from_torch found in the module itself (a layer applied twice)."""
     keep = set(keep_ties or ())
     meant = next((p.value for p in model.metadata_props if p.key == KEEP_TIES_KEY), None)
-    if meant:  # ties from_torch found in the module itself (a layer applied twice)
-        keep |= set(json.loads(meant))
-    retier = RetieFoldedCopies()
-    retied = retier(model)
-    if retied.modified:
-        model = retied.model
-        if warn:
-            warnings.warn(
-                f"re-tied {len(retier.retied)} weight(s) the exporter had folded into a copy "
-                "while the original is also used (trained as exported, the copies would drift "
-                "apart): " + "; ".join(t.describe() for t in retier.retied),
-                UserWarning,
-                stacklevel=3,
-            )
-    untier = UntieTensors(keep)
-    result = untier(model)
-    if warn and untier.untied:
-        warnings.warn(
-            f"untied {len(untier.untied)} tensor(s) that share an initializer with another "
-            "(exporters merge equal-valued tensors and fold them into one; trained as exported, "
-            "one update would move all of them together): "
-            + "; ".join(t.describe() for t in untier.untied)
-            + ". Each is now its own copy, trained or frozen on its own; pass keep_ties=[...] "
-            "with a tensor's name to keep a tie you mean",
-            UserWarning,
-            stacklevel=3,
-        )
-    return result.model if result.modified else model
+    return keep | set(json.loads(meant)) if meant else keep
 
 
 def trainable_params(
@@ -275,28 +248,6 @@ def _contract(
     )
 
 
-def _finish(model: onnx.ModelProto, values: Mapping[str, onnx.TensorProto]) -> onnx.ModelProto:
-    """Store every state input's initial value as ``<input>.initial`` and validate the result.
-
-    State and learning-rate inputs stay required inputs (no default of their own name): a
-    runtime that hides or ignores inputs with defaults cannot silently drop the fed state.
-    """
-    present = {i.name for i in model.graph.initializer}
-    model.graph.initializer.extend(v for k, v in values.items() if k not in present)
-    detach_initial_values(model)
-    model.ir_version = min(model.ir_version or IR_VERSION, 10)
-    if not model.producer_name:
-        model.producer_name = "adamax-onnx"
-    # Training-build ops (OrtGradientBuilder with portable=False) are not in the ONNX registry,
-    # so the checker can only vouch for graphs made of standard ops.
-    if all(onnx.defs.has(n.op_type, n.domain) for n in model.graph.node):
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except onnx.checker.ValidationError as exc:  # pragma: no cover - a bug in a pass
-            raise ModelError(f"the built model is not valid ONNX: {exc}") from exc
-    return model
-
-
 def build_training_model(
     model: onnx.ModelProto | str | Path,
     optimizer: AdaMax,
@@ -390,57 +341,58 @@ def build_training_model(
         then the updated parameters and state. The loss gradient is seeded with ``loss_scale``, which the update
         divides back out.
     """
+    from .passes import pipeline as steps
+
     model = load_model(model)
     if not isinstance(optimizer, AdaMax):
         raise TypeError(f"optimizer must be an adamax_onnx.AdaMax, got {type(optimizer).__name__}")
     chunker = ChunkUpdates(optimizer.param_names, chunk_size)  # checks chunk_size up front
-    model = untie(model, keep_ties)
-    inits = _check_params(model, optimizer)
-    model_inputs = [i.name for i in model.graph.input if i.name not in inits]
-    model_outputs = [o.name for o in model.graph.output]
-    try:
-        with_loss = AttachLoss(
+    builtin = loss in ("cross_entropy", "mse")
+    loss_name = LOSS_NAME if builtin else loss
+    record = steps.RecordInference(optimizer.param_names, lambda m: _check_params(m, optimizer))
+    batchnorm = steps.DecomposeBatchNorm(optimizer.param_names)
+    dropout = steps.SeededDropout(dropout_seed)
+    guard = _Guard(optimizer.param_names, loss_name, skip_nonfinite, loss_scale_manager)
+
+    def contract() -> Contract:
+        data_inputs = record.inputs + ([label] if builtin else [])
+        c = _contract("training", optimizer, data_inputs, loss_name, record.inputs, record.outputs)
+        guard.result.annotate(c)
+        # running statistics of BatchNorm in training mode, the Dropout seed: state of every step
+        c.extra_state += batchnorm.running_stats + dropout.state
+        return c
+
+    pipeline = steps.training_pipeline(
+        optimizer,
+        untie=steps.Untie(_kept_ties(model, keep_ties)),
+        record=record,
+        attach_loss=steps.AttachLoss(
             loss, label=label, output=output, ignore_index=ignore_index, class_axis=class_axis
-        )(model).model
-    except ValueError as exc:
-        raise ModelError(str(exc)) from exc
-    loss_name = LOSS_NAME if loss in ("cross_entropy", "mse") else loss
-    with_loss = SplitSequencesToSlices()(with_loss).model  # the dynamo exporter's x.split()
-    try:
-        batchnorm = DecomposeBatchNorm(optimizer.param_names)
-        with_loss = batchnorm(with_loss).model
-        dropout = SeededDropout(dropout_seed)
-        with_loss = dropout(with_loss).model
-    except (BatchNormError, DropoutError) as exc:
-        raise ModelError(str(exc)) from exc
-    try:
-        grads = BuildGradients(
-            loss_name, optimizer.param_names, seed=optimizer.loss_scale, builder=gradient_builder
-        )(with_loss).model
-    except GradientBuildError as exc:
-        raise GradientError(str(exc)) from exc
-    train = AdaMaxPass(optimizer, bucket_size=bucket_size)(grads).model
-    train, guard = apply_guard(
-        train, optimizer.param_names, loss_name, skip_nonfinite, loss_scale_manager
+        ),
+        batchnorm=batchnorm,
+        dropout=dropout,
+        loss_name=loss_name,
+        gradient_builder=gradient_builder,
+        update=steps.update_steps(
+            optimizer, bucket_size, guard, portable, chunker if chunk_size else None
+        ),
+        # the inference graph as torch's eval() runs it
+        finish=steps.Finish(contract, lambda: record.eval_model, lambda: record.values),
     )
-    if portable:
-        try:
-            train = LowerToStandard()(train).model
-        except UnloweredOpsError as exc:
-            raise LoweringError(
-                f"{exc}. Build with portable=False to keep the onnxruntime-training form "
-                "(it runs only on onnxruntime-training)"
-            ) from exc
-    if chunk_size:  # last: the chunked regions include the guard's Where nodes
-        train = chunker(train).model
-    data_inputs = model_inputs + ([label] if loss in ("cross_entropy", "mse") else [])
-    contract = _contract("training", optimizer, data_inputs, loss_name, model_inputs, model_outputs)
-    guard.annotate(contract)
-    # running statistics of BatchNorm in training mode, the Dropout seed: state of every step
-    contract.extra_state += batchnorm.running_stats + dropout.state
-    write_contract(train, contract)
-    embed_inference_graph(train, to_eval_mode(model))  # exported as torch's eval() runs it
-    return _finish(train, {n: inits[n] for n in optimizer.param_names})
+    return pipeline(model)
+
+
+class _Guard:
+    """:func:`apply_guard` as a step function; :attr:`result` is its ``OverflowGuard``."""
+
+    def __init__(self, params, loss, skip_nonfinite, manager) -> None:
+        self.args = (list(params), loss, skip_nonfinite, manager)
+
+    def __call__(self, model: onnx.ModelProto):
+        from onnx_ir.passes import PassResult
+
+        model, self.result = apply_guard(model, *self.args)
+        return PassResult(model, True)
 
 
 def build_optimizer_model(
@@ -488,13 +440,17 @@ def build_optimizer_model(
         ir_version=IR_VERSION,
         producer_name="adamax-onnx",
     )
-    model = AdaMaxPass(optimizer, bucket_size=bucket_size)(model).model
-    model, guard = apply_guard(model, optimizer.param_names, None, skip_nonfinite, None)
-    if chunk_size:
-        model = chunker(model).model
-    contract = _contract(
-        "optimizer", optimizer, [grad_name(n) for n in optimizer.param_names], None, [], []
+    from .passes import pipeline as steps
+
+    guard = _Guard(optimizer.param_names, None, skip_nonfinite, None)
+
+    def contract() -> Contract:
+        names = [grad_name(n) for n in optimizer.param_names]
+        c = _contract("optimizer", optimizer, names, None, [], [])
+        guard.result.annotate(c)
+        return c
+
+    update = steps.update_steps(
+        optimizer, bucket_size, guard, portable=False, chunker=chunker if chunk_size else None
     )
-    guard.annotate(contract)
-    write_contract(model, contract)
-    return _finish(model, values)
+    return steps.optimizer_pipeline(update, steps.Finish(contract, values=lambda: values))(model)

@@ -1,8 +1,10 @@
-"""Pass infrastructure: a pass maps a ModelProto to a new ModelProto and says if it changed it.
+"""Passes written on ``onnx.ModelProto``: a pass maps a ModelProto to a new one and says if it
+changed it.
 
-In the spirit of ``onnx_ir.passes``: one concern per pass, ``modified`` reported truthfully,
-passes composed by :class:`Sequential` rather than by hand-written glue. Passes never mutate
-their input model and never run an inference session.
+Called, a :class:`GraphPass` works on a copy (the input is never mutated); :meth:`call` edits
+the model it is given. The build runs such passes as proto steps of its pipeline
+(:class:`passes.infra.ProtoStep`, on the pipeline's own copy); passes on ``onnx_ir`` derive
+from :class:`passes.infra.BuildPass` instead. Passes never run an inference session.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 
 import onnx
 
-__all__ = ["PassResult", "GraphPass", "Sequential"]
+__all__ = ["PassResult", "GraphPass"]
 
 
 @dataclass(frozen=True)
@@ -30,17 +32,3 @@ class GraphPass:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)
         return self.call(copy)
-
-
-class Sequential(GraphPass):
-    """Run passes in order; modified if any of them modified the model."""
-
-    def __init__(self, *passes: GraphPass) -> None:
-        self.passes = passes
-
-    def call(self, model: onnx.ModelProto) -> PassResult:
-        modified = False
-        for p in self.passes:
-            result = p.call(model)
-            model, modified = result.model, modified or result.modified
-        return PassResult(model, modified)

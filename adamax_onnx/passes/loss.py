@@ -108,19 +108,17 @@ class AttachLoss(GraphPass):
         ignore_index: int | None = None,
         class_axis: int | None = None,
     ):
-        if class_axis is not None and (
-            isinstance(class_axis, bool) or not isinstance(class_axis, int)
-        ):
-            raise ValueError(f"class_axis must be an int or None, got {class_axis!r}")
-        self.class_axis = class_axis
-        if ignore_index is not None and (
-            isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
-        ):
-            raise ValueError(f"ignore_index must be an int or None, got {ignore_index!r}")
         self.loss, self.label, self.output = loss, label, output
-        self.ignore_index = ignore_index
+        self.ignore_index, self.class_axis = ignore_index, class_axis
+
+    def _check_options(self) -> None:
+        for name in ("class_axis", "ignore_index"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an int or None, got {value!r}")
 
     def call(self, model: onnx.ModelProto) -> PassResult:
+        self._check_options()
         graph = model.graph
         outputs = {o.name: o for o in graph.output}
         if self.loss not in ("cross_entropy", "mse"):

@@ -1,0 +1,232 @@
+"""The two declared build pipelines: the training model and the standalone optimizer model.
+
+:func:`training_pipeline` is what :func:`adamax_onnx.build_training_model` runs::
+
+    untie -> check parameters -> record the inference model -> attach the loss
+    -> split sequences -> decompose BatchNorm -> seeded Dropout -> gradients
+    -> AdaMax update -> non-finite guard -> lowering -> chunking -> contract
+
+one :class:`passes.infra.Pipeline` over one copy of the model. Each step declares the errors
+that are the user's to fix (a ``ModelError``, ``GradientError`` or ``LoweringError``, message
+unchanged); any other failure names the step. The update, guard, lowering and chunking passes
+work on ``ModelProto`` and run as proto steps (:class:`passes.infra.ProtoStep`) on the
+pipeline's own copy.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import onnx
+from onnx_ir.passes import PassResult
+
+from ..errors import GradientError, LoweringError, ModelError
+from .adamax import AdaMaxPass
+from .batchnorm import BatchNormError, DecomposeBatchNorm, to_eval_mode
+from .builder import IR_VERSION
+from .chunking import ChunkUpdates
+from .contract import Contract, detach_initial_values, write_contract
+from .dropout import DropoutError, SeededDropout
+from .gradients import BuildGradients, GradientBuilder, GradientBuildError
+from .inference import embed_inference_graph
+from .infra import Pipeline, ProtoStep, Step, Translate
+from .loss import AttachLoss
+from .lowering import LowerToStandard, UnloweredOpsError
+from .sequences import SplitSequencesToSlices
+from .ties import RetieFoldedCopies, UntieTensors
+
+__all__ = ["training_pipeline", "optimizer_pipeline", "Untie", "RecordInference", "Finish"]
+
+
+class Untie(Step):
+    """Re-tie folded copies, then untie what training would corrupt (:mod:`passes.ties`).
+
+    With ``warn``, one ``UserWarning`` names every tensor re-tied, and one every tensor
+    untied. After the step, :attr:`untied` and :attr:`retied` list them.
+    """
+
+    form = "proto"
+    in_place = True
+    changes_input = True
+
+    def __init__(self, keep: Iterable[str] = (), warn: bool = True) -> None:
+        self.keep, self.warn = set(keep), warn
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        retier, untier = RetieFoldedCopies(), UntieTensors(self.keep)
+        modified = retier.call(model).modified
+        modified = untier.call(model).modified or modified
+        self.retied, self.untied = retier.retied, untier.untied
+        if self.warn:
+            _warn_ties(self.retied, self.untied)
+        return PassResult(model, modified)
+
+
+def _warn_ties(retied: list, untied: list) -> None:
+    if retied:
+        warnings.warn(
+            f"re-tied {len(retied)} weight(s) the exporter had folded into a copy "
+            "while the original is also used (trained as exported, the copies would drift "
+            "apart): " + "; ".join(t.describe() for t in retied),
+            UserWarning,
+            stacklevel=2,
+        )
+    if untied:
+        warnings.warn(
+            f"untied {len(untied)} tensor(s) that share an initializer with another "
+            "(exporters merge equal-valued tensors and fold them into one; trained as exported, "
+            "one update would move all of them together): "
+            + "; ".join(t.describe() for t in untied)
+            + ". Each is now its own copy, trained or frozen on its own; pass keep_ties=[...] "
+            "with a tensor's name to keep a tie you mean",
+            UserWarning,
+            stacklevel=2,
+        )
+
+
+class RecordInference(Step):
+    """Check the parameters and record the inference model the training model is built from.
+
+    ``check`` raises a ``ModelError`` for parameters that cannot be trained. Afterwards
+    :attr:`inputs` / :attr:`outputs` are the model's own inputs (parameters excluded) and
+    outputs, :attr:`values` the parameters' initial values (:class:`BuildGradients` takes them
+    out of the graph, :class:`Finish` puts them back) and :attr:`eval_model` the model as
+    torch's ``eval()`` runs it (for export).
+    """
+
+    form = "proto"
+    in_place = True
+    changes_input = True
+
+    def __init__(self, params: Sequence[str], check: Callable[[onnx.ModelProto], object]):
+        self.params, self.check = list(params), check
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        self.check(model)
+        inits = {i.name: i for i in model.graph.initializer}
+        self.inputs = [i.name for i in model.graph.input if i.name not in inits]
+        self.values = {p: inits[p] for p in self.params}
+        self.outputs = [o.name for o in model.graph.output]
+        self.eval_model = to_eval_mode(model)
+        return PassResult(model, False)
+
+
+class Finish(Step):
+    """The last step: the contract, the inference graph, initial values, a valid model.
+
+    Writes ``contract()`` and the graph of ``inference()`` (if any) into the metadata, adds
+    ``values()`` (initial values of inputs) as initializers, stores every state input's initial
+    value as ``<input>.initial`` (state and learning-rate inputs stay required: a runtime that
+    hides inputs with defaults cannot silently drop the fed state; :mod:`passes.contract`), and
+    checks the result with ``onnx.checker`` (full check) when every op is a registered one.
+    """
+
+    form = "proto"
+    in_place = True
+    changes_input = True
+
+    def __init__(
+        self,
+        contract: Callable[[], Contract],
+        inference: Callable[[], onnx.ModelProto | None] = lambda: None,
+        values: Callable[[], Mapping[str, onnx.TensorProto]] = dict,
+    ) -> None:
+        self.contract, self.inference, self.values = contract, inference, values
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        write_contract(model, self.contract())
+        inference = self.inference()
+        if inference is not None:
+            embed_inference_graph(model, inference)
+        present = {i.name for i in model.graph.initializer}
+        values = self.values()
+        model.graph.initializer.extend(v for k, v in values.items() if k not in present)
+        detach_initial_values(model)
+        model.ir_version = min(model.ir_version or IR_VERSION, 10)
+        if not model.producer_name:
+            model.producer_name = "adamax-onnx"
+        # Training-build ops (OrtGradientBuilder with portable=False) are not in the ONNX
+        # registry, so the checker can only vouch for graphs made of standard ops.
+        if all(onnx.defs.has(n.op_type, n.domain) for n in model.graph.node):
+            try:
+                onnx.checker.check_model(model, full_check=True)
+            except onnx.checker.ValidationError as exc:  # pragma: no cover - a bug in a pass
+                raise ModelError(f"the built model is not valid ONNX: {exc}") from exc
+        return PassResult(model, True)
+
+
+def _lowering_failed(exc: Exception) -> str:
+    return (
+        f"{exc}. Build with portable=False to keep the onnxruntime-training form "
+        "(it runs only on onnxruntime-training)"
+    )
+
+
+def update_steps(
+    optimizer, bucket_size: int, guard: Callable, portable: bool, chunker: ChunkUpdates | None
+) -> list[Step]:
+    """AdaMax update, non-finite guard (``guard``: proto -> PassResult), lowering, chunking."""
+    steps = [
+        ProtoStep(AdaMaxPass(optimizer, bucket_size=bucket_size).call, "AdaMaxPass"),
+        # the guard's options are checked as it runs: their TypeError reaches the caller
+        ProtoStep(guard, "GuardNonFinite", False, [Translate(TypeError, TypeError)]),
+    ]
+    if portable:
+        steps.append(
+            ProtoStep(
+                LowerToStandard().call,
+                "LowerToStandard",
+                translations=[Translate(UnloweredOpsError, LoweringError, _lowering_failed)],
+            )
+        )
+    if chunker is not None:  # last: the chunked regions include the guard's Where nodes
+        steps.append(ProtoStep(chunker.call, "ChunkUpdates"))
+    return steps
+
+
+def training_pipeline(
+    optimizer,
+    *,
+    untie: Untie,
+    record: RecordInference,
+    attach_loss: AttachLoss,
+    batchnorm: DecomposeBatchNorm,
+    dropout: SeededDropout,
+    loss_name: str,
+    gradient_builder: GradientBuilder | None,
+    update: list[Step],
+    finish: Finish,
+) -> Pipeline:
+    """The steps of :func:`adamax_onnx.build_training_model`, in order (see the module doc)."""
+    to_model_error = [Translate(ValueError, ModelError)]
+    gradients = BuildGradients(
+        loss_name, optimizer.param_names, seed=optimizer.loss_scale, builder=gradient_builder
+    )
+    return Pipeline(
+        untie,
+        record,
+        ProtoStep(attach_loss.call, "AttachLoss", translations=to_model_error),
+        ProtoStep(SplitSequencesToSlices().call, "SplitSequencesToSlices"),
+        ProtoStep(
+            batchnorm.call,
+            "DecomposeBatchNorm",
+            translations=[Translate(BatchNormError, ModelError)],
+        ),
+        ProtoStep(
+            dropout.call, "SeededDropout", translations=[Translate(DropoutError, ModelError)]
+        ),
+        ProtoStep(
+            gradients.call,
+            "BuildGradients",
+            in_place=False,
+            translations=[Translate(GradientBuildError, GradientError)],
+        ),
+        *update,
+        finish,
+    )
+
+
+def optimizer_pipeline(update: list[Step], finish: Finish) -> Pipeline:
+    """The steps of :func:`adamax_onnx.build_optimizer_model`: the update, then the contract."""
+    return Pipeline(*update, finish)
