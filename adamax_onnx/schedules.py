@@ -67,12 +67,17 @@ Example: a learning rate that is constant, then halved from a given step on::
 
 An instance is then passed wherever a learning rate (or weight decay) is accepted, e.g.
 ``AdaMax(params, learning_rate=ConstantThenHalve(1e-3, 1000))``.
+
+(About 490 lines, over the usual 400: six schedules, each documenting the float32 formula
+MindSpore really computes next to the two places that compute it, and the example above. The
+code itself is about 250 lines.)
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -100,19 +105,6 @@ __all__ = [
 ]
 
 _F32 = np.float32
-
-
-# -- argument checks (same exception types, same order as MindSpore's ``_checkparam``) ----------
-def _check_decay_args(
-    learning_rate: Any, decay_rate: Any, decay_steps: Any, is_stair: Any, prim: str
-) -> None:
-    """Checks shared by the exponential, natural-exponential and inverse-time schedules."""
-    check_positive_int(decay_steps, "decay_steps", prim)
-    check_positive_float(learning_rate, "learning_rate", prim)
-    check_is_float(learning_rate, "learning_rate", prim)
-    check_positive_float(decay_rate, "decay_rate", prim)
-    check_is_float(decay_rate, "decay_rate", prim)
-    check_bool(is_stair, "is_stair", prim)
 
 
 # -- base class ------------------------------------------------------------------------------
@@ -149,9 +141,34 @@ class LearningRateSchedule:
 #: A dynamic weight decay is written exactly like a learning-rate schedule.
 WeightDecaySchedule = LearningRateSchedule
 
+#: The six MindSpore schedules declare their arguments as dataclass fields (in MindSpore's
+#: order, with its defaults) and check them in ``__post_init__``, in MindSpore's order of
+#: checks; equality stays identity (schedules are hashable) and ``repr`` is the base class's.
+_schedule = dataclass(eq=False, repr=False)
+
+
+@_schedule
+class _DecaySchedule(LearningRateSchedule):
+    """The arguments and checks the exponential, natural-exponential and inverse-time decays
+    share (MindSpore's ``_check_inputs``)."""
+
+    learning_rate: float
+    decay_rate: float
+    decay_steps: int
+    is_stair: bool = False
+
+    def __post_init__(self) -> None:
+        prim = type(self).__name__
+        check_positive_int(self.decay_steps, "decay_steps", prim)
+        check_positive_float(self.learning_rate, "learning_rate", prim)
+        check_is_float(self.learning_rate, "learning_rate", prim)
+        check_positive_float(self.decay_rate, "decay_rate", prim)
+        check_is_float(self.decay_rate, "decay_rate", prim)
+        check_bool(self.is_stair, "is_stair", prim)
+
 
 # -- the six MindSpore schedules ---------------------------------------------------------------
-class ExponentialDecayLR(LearningRateSchedule):
+class ExponentialDecayLR(_DecaySchedule):
     r"""MindSpore ``nn.ExponentialDecayLR``: exponential decay.
 
     .. math::
@@ -171,15 +188,6 @@ class ExponentialDecayLR(LearningRateSchedule):
         ValueError: ``decay_steps`` < 1, or ``learning_rate``/``decay_rate`` <= 0 or not finite.
     """
 
-    def __init__(
-        self, learning_rate: float, decay_rate: float, decay_steps: int, is_stair: bool = False
-    ) -> None:
-        _check_decay_args(learning_rate, decay_rate, decay_steps, is_stair, "ExponentialDecayLR")
-        self.learning_rate = learning_rate
-        self.decay_rate = decay_rate
-        self.decay_steps = decay_steps
-        self.is_stair = is_stair
-
     def emit(self, g: GraphBuilder, step: str, name: str) -> str:
         decay_steps = g.const(self.decay_steps, _F32, f"{name}.decay_steps")
         p = g.op("Div", [step, decay_steps], f"{name}.p")
@@ -198,7 +206,7 @@ class ExponentialDecayLR(LearningRateSchedule):
             return float(_F32(self.learning_rate) * np.power(_F32(self.decay_rate), p))
 
 
-class NaturalExpDecayLR(LearningRateSchedule):
+class NaturalExpDecayLR(_DecaySchedule):
     r"""MindSpore ``nn.NaturalExpDecayLR``: natural-exponential decay.
 
     What MindSpore 2.10 computes (its docstring says :math:`p = step / decay\_steps`, but its
@@ -215,15 +223,6 @@ class NaturalExpDecayLR(LearningRateSchedule):
 
     Args and Raises: as :class:`ExponentialDecayLR`.
     """
-
-    def __init__(
-        self, learning_rate: float, decay_rate: float, decay_steps: int, is_stair: bool = False
-    ) -> None:
-        _check_decay_args(learning_rate, decay_rate, decay_steps, is_stair, "NaturalExpDecayLR")
-        self.learning_rate = learning_rate
-        self.decay_rate = decay_rate
-        self.decay_steps = decay_steps
-        self.is_stair = is_stair
 
     def emit(self, g: GraphBuilder, step: str, name: str) -> str:
         p = step
@@ -249,7 +248,7 @@ class NaturalExpDecayLR(LearningRateSchedule):
             return float(_F32(self.learning_rate) * np.power(_F32(math.e), exponent))
 
 
-class InverseDecayLR(LearningRateSchedule):
+class InverseDecayLR(_DecaySchedule):
     r"""MindSpore ``nn.InverseDecayLR``: inverse-time decay.
 
     .. math::
@@ -264,15 +263,6 @@ class InverseDecayLR(LearningRateSchedule):
 
     Args and Raises: as :class:`ExponentialDecayLR`.
     """
-
-    def __init__(
-        self, learning_rate: float, decay_rate: float, decay_steps: int, is_stair: bool = False
-    ) -> None:
-        _check_decay_args(learning_rate, decay_rate, decay_steps, is_stair, "InverseDecayLR")
-        self.learning_rate = learning_rate
-        self.decay_rate = decay_rate
-        self.decay_steps = decay_steps
-        self.is_stair = is_stair
 
     def emit(self, g: GraphBuilder, step: str, name: str) -> str:
         decay_steps = g.const(self.decay_steps, _F32, f"{name}.decay_steps")
@@ -295,6 +285,7 @@ class InverseDecayLR(LearningRateSchedule):
         return float(_F32(self.learning_rate) * (_F32(1.0) / denominator))
 
 
+@_schedule
 class CosineDecayLR(LearningRateSchedule):
     r"""MindSpore ``nn.CosineDecayLR``: cosine decay from ``max_lr`` to ``min_lr``.
 
@@ -322,21 +313,22 @@ class CosineDecayLR(LearningRateSchedule):
             or ``min_lr >= max_lr``.
     """
 
-    def __init__(self, min_lr: float, max_lr: float, decay_steps: int) -> None:
-        prim = "CosineDecayLR"
+    min_lr: float
+    max_lr: float
+    decay_steps: int
+
+    def __post_init__(self) -> None:
+        prim, min_lr, max_lr = "CosineDecayLR", self.min_lr, self.max_lr
         check_float_type(min_lr, "min_lr", prim)
         check_non_negative_float(min_lr, "min_lr", prim)
         check_positive_float(max_lr, "max_lr", prim)
         check_is_float(max_lr, "max_lr", prim)
-        check_positive_int(decay_steps, "decay_steps", prim)
+        check_positive_int(self.decay_steps, "decay_steps", prim)
         if min_lr >= max_lr:
             raise ValueError(
                 f"For '{prim}', 'max_lr' must be greater than 'min_lr', "
                 f"but got max_lr={max_lr!r}, min_lr={min_lr!r}."
             )
-        self.min_lr = min_lr
-        self.max_lr = max_lr
-        self.decay_steps = decay_steps
 
     @property
     def _delta(self) -> float:
@@ -366,6 +358,7 @@ class CosineDecayLR(LearningRateSchedule):
         return float(_F32(self.min_lr) + _F32(self._delta) * factor)
 
 
+@_schedule
 class PolynomialDecayLR(LearningRateSchedule):
     r"""MindSpore ``nn.PolynomialDecayLR``: polynomial decay to ``end_learning_rate``.
 
@@ -403,29 +396,23 @@ class PolynomialDecayLR(LearningRateSchedule):
             ``decay_steps`` < 1, or a non-finite value.
     """
 
-    def __init__(
-        self,
-        learning_rate: float,
-        end_learning_rate: float,
-        decay_steps: int,
-        power: float,
-        update_decay_steps: bool = False,
-    ) -> None:
+    learning_rate: float
+    end_learning_rate: float
+    decay_steps: int
+    power: float
+    update_decay_steps: bool = False
+
+    def __post_init__(self) -> None:
         prim = "PolynomialDecayLR"
         # MindSpore checks learning_rate without naming the class in the message.
-        check_positive_float(learning_rate, "learning_rate")
-        check_is_float(learning_rate, "learning_rate")
-        check_float_type(end_learning_rate, "end_learning_rate", prim)
-        check_non_negative_float(end_learning_rate, "end_learning_rate", prim)
-        check_positive_int(decay_steps, "decay_steps", prim)
-        check_bool(update_decay_steps, "update_decay_steps", prim)
-        check_positive_float(power, "power", prim)
-        check_is_float(power, "power", prim)
-        self.learning_rate = learning_rate
-        self.end_learning_rate = end_learning_rate
-        self.decay_steps = decay_steps
-        self.power = power
-        self.update_decay_steps = update_decay_steps
+        check_positive_float(self.learning_rate, "learning_rate")
+        check_is_float(self.learning_rate, "learning_rate")
+        check_float_type(self.end_learning_rate, "end_learning_rate", prim)
+        check_non_negative_float(self.end_learning_rate, "end_learning_rate", prim)
+        check_positive_int(self.decay_steps, "decay_steps", prim)
+        check_bool(self.update_decay_steps, "update_decay_steps", prim)
+        check_positive_float(self.power, "power", prim)
+        check_is_float(self.power, "power", prim)
 
     @property
     def _diff(self) -> float:
@@ -465,6 +452,7 @@ class PolynomialDecayLR(LearningRateSchedule):
         return float(_F32(self._diff) * factor + _F32(self.end_learning_rate))
 
 
+@_schedule
 class WarmUpLR(LearningRateSchedule):
     r"""MindSpore ``nn.WarmUpLR``: linear warm-up, then constant.
 
@@ -483,13 +471,14 @@ class WarmUpLR(LearningRateSchedule):
         ValueError: ``learning_rate`` < 0 or not finite, or ``warmup_steps`` < 1.
     """
 
-    def __init__(self, learning_rate: float, warmup_steps: int) -> None:
+    learning_rate: float
+    warmup_steps: int
+
+    def __post_init__(self) -> None:
         prim = "WarmUpLR"
-        check_float_type(learning_rate, "learning_rate", prim)
-        check_non_negative_float(learning_rate, "learning_rate", prim)
-        check_positive_int(warmup_steps, "warmup_steps", prim)
-        self.learning_rate = learning_rate
-        self.warmup_steps = warmup_steps
+        check_float_type(self.learning_rate, "learning_rate", prim)
+        check_non_negative_float(self.learning_rate, "learning_rate", prim)
+        check_positive_int(self.warmup_steps, "warmup_steps", prim)
 
     def emit(self, g: GraphBuilder, step: str, name: str) -> str:
         warmup_steps = g.const(self.warmup_steps, _F32, f"{name}.warmup_steps")
