@@ -70,7 +70,7 @@ An instance is then passed wherever a learning rate (or weight decay) is accepte
 
 (About 490 lines, over the usual 400: six schedules, each documenting the float32 formula
 MindSpore really computes next to the two places that compute it, and the example above. The
-code itself is about 250 lines.)
+code itself is under 200 lines.)
 """
 
 from __future__ import annotations
@@ -107,6 +107,25 @@ __all__ = [
 _F32 = np.float32
 
 
+# numpy's float32 power/sin dispatch at run time to SIMD kernels that round differently by CPU
+# (AVX-512, AVX2, scalar: seen 2 ulps for power, 6 for a cosine schedule where 1 + sin cancels).
+# value() computes them in double and rounds once: the correctly rounded float32, on every CPU,
+# within the 1 ulp by which onnxruntime's and MindSpore's powf/sinf may stray from it.
+def _pow32(base: np.float32, exponent: np.float32) -> np.float32:
+    """float32 ``base ** exponent`` of float32 operands (base >= 0 here), rounded once."""
+    try:
+        result = math.pow(float(base), float(exponent))
+    except OverflowError:
+        result = math.inf
+    with np.errstate(over="ignore"):
+        return _F32(result)
+
+
+def _sin32(x: np.float32) -> np.float32:
+    """float32 ``sin(x)`` of a float32 ``x``, rounded once."""
+    return _F32(math.sin(float(x)))
+
+
 # -- base class ------------------------------------------------------------------------------
 class LearningRateSchedule:
     """Base class of schedules that compute a float32 scalar from the global step in ONNX.
@@ -130,7 +149,8 @@ class LearningRateSchedule:
         raise NotImplementedError(f"{type(self).__name__} must implement emit()")
 
     def value(self, step: int) -> float:
-        """The value at integer ``step``, computed with numpy float32 arithmetic like the graph."""
+        """The value at integer ``step``, computed with float32 arithmetic like the graph (the
+        six MindSpore schedules compute ``Pow``/``Sin`` in double and round once)."""
         raise NotImplementedError(f"{type(self).__name__} must implement value()")
 
     def __repr__(self) -> str:
@@ -202,8 +222,8 @@ class ExponentialDecayLR(_DecaySchedule):
         p = _F32(step) / _F32(self.decay_steps)
         if self.is_stair:
             p = np.floor(p)
-        with np.errstate(over="ignore", under="ignore"):  # inf/0 are the float32 results
-            return float(_F32(self.learning_rate) * np.power(_F32(self.decay_rate), p))
+        with np.errstate(over="ignore"):  # inf is the float32 result
+            return float(_F32(self.learning_rate) * _pow32(_F32(self.decay_rate), p))
 
 
 class NaturalExpDecayLR(_DecaySchedule):
@@ -244,8 +264,8 @@ class NaturalExpDecayLR(_DecaySchedule):
             d = _F32(self.decay_steps)
             p = np.floor(p / d) * d
         exponent = _F32(-self.decay_rate) * p
-        with np.errstate(over="ignore", under="ignore"):
-            return float(_F32(self.learning_rate) * np.power(_F32(math.e), exponent))
+        with np.errstate(over="ignore"):
+            return float(_F32(self.learning_rate) * _pow32(_F32(math.e), exponent))
 
 
 class InverseDecayLR(_DecaySchedule):
@@ -354,7 +374,7 @@ class CosineDecayLR(LearningRateSchedule):
         d = _F32(self.decay_steps)
         p = np.minimum(_F32(step), d)
         angle = _F32(math.pi) * (p / d + _F32(0.5))
-        factor = _F32(1.0) + np.sin(angle)
+        factor = _F32(1.0) + _sin32(angle)
         return float(_F32(self.min_lr) + _F32(self._delta) * factor)
 
 
@@ -448,7 +468,7 @@ class PolynomialDecayLR(LearningRateSchedule):
         else:
             s = np.minimum(s, d)
             horizon = d
-        factor = np.power(_F32(1.0) - s / horizon, _F32(self.power))
+        factor = _pow32(_F32(1.0) - s / horizon, _F32(self.power))
         return float(_F32(self._diff) * factor + _F32(self.end_learning_rate))
 
 

@@ -178,11 +178,12 @@ def test_graph_matches_mindspore_reference_and_value(case):
     allowed = 0 if cls in ("InverseDecayLR", "WarmUpLR") else 1
     worst = ulps(got, ref).max()
     assert worst <= allowed, f"{cls} vs numpy: {worst} ulps"
-    # value() uses numpy's float32 power/sin, whose SIMD kernels differ by CPU (seen: 6 ulps,
-    # 5.3e-7 relative, for CosineDecayLR near the end of its decay on AVX-512/AVX2): relative.
+    # value() rounds Pow/Sin once from double, like the reference: bit for bit on every CPU
+    # (numpy's float32 power/sin would not be: their SIMD kernels differ by CPU, up to 6 ulps).
     values = np.array([sched.value(int(s)) for s in STEPS], dtype=np.float32)
     assert all(isinstance(sched.value(int(s)), float) for s in STEPS[:3])
-    np.testing.assert_allclose(values, got, rtol=RTOL, atol=0, err_msg=f"{cls}.value vs graph")
+    np.testing.assert_array_equal(values, ref, err_msg=f"{cls}.value vs numpy reference")
+    assert ulps(values, got).max() <= allowed, f"{cls}.value vs graph"
 
 
 @pytest.mark.parametrize(
