@@ -1,4 +1,5 @@
-"""``adamax-onnx build --config``: parameter groups with schedules and tables from JSON/TOML.
+"""``adamax-onnx build --config`` (adamax_onnx/cli/config.py): parameter groups with schedules
+and tables from JSON/TOML.
 
 The model the CLI writes must train exactly like one built through the Python API with the
 same arguments (same losses and parameters, bit for bit, over 30 steps).
