@@ -17,7 +17,7 @@ from pathlib import Path
 from . import gradients, memory, models, optimizer_step, training_step
 from .common import environment, fmt_ms, fmt_ratio, set_threads, table
 
-SECTIONS = ("optimizer", "training", "memory", "gradients", "models")
+SECTIONS = ("optimizer", "feeds", "training", "memory", "gradients", "models")
 DEFAULT_OUT = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -206,6 +206,7 @@ def targets(result: dict) -> list[tuple[str, str, bool | None]]:
                     ra["vs_torch_foreach"] <= 1.0,
                 )
             )
+    out += optimizer_step.feeds_targets(result.get("feeds", []))
     for r in result.get("training", []):
         for variant in ("adamax-onnx",):
             q = r["ratios_vs_torch"][variant]
@@ -311,17 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     }
     start = time.perf_counter()
     runners = {
-        "optimizer": optimizer_step,
-        "training": training_step,
-        "memory": memory,
-        "gradients": gradients,
-        "models": models,
+        "optimizer": optimizer_step.run,
+        "feeds": optimizer_step.run_feeds,
+        "training": training_step.run,
+        "memory": memory.run,
+        "gradients": gradients.run,
+        "models": models.run,
     }
     for section in SECTIONS:
         if section in args.only:
             print(f"[{section}]", flush=True)
             t0 = time.perf_counter()
-            result[section] = runners[section].run(args.threads, args.quick)
+            result[section] = runners[section](args.threads, args.quick)
             print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
     result["seconds"] = round(time.perf_counter() - start, 1)
     try:
@@ -338,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     if "optimizer" in result:
         print("\nOptimizer step (ms per step; floor = 28 B/param at the best measured bandwidth)")
         print(optimizer_table(result["optimizer"]))
+    if "feeds" in result:
+        print("\nNumpy gradients into a step (ms per step): step(feeds) vs binding them yourself")
+        print(optimizer_step.feeds_table(result["feeds"]))
     if "training" in result:
         print("\nTraining step, end to end (ms per step)")
         print(training_table(result["training"]))

@@ -16,6 +16,11 @@ For each parameter set (one 16M tensor, 100 x 160K, 2,000 x 1K, the parameters o
 * the floor: 28 bytes per float32 parameter (read w, g, m, v; write w, m, v) at the best
   bandwidth measured in the same run over the same number of elements, single-threaded (numpy
   and torch copy, torch triad with 1 thread) and multi-threaded (torch copy and triad).
+
+The ``feeds`` section (:func:`run_feeds`) times the ways to hand *numpy* gradients to a step:
+``sess.step(feeds)`` (validated and copied by the session), bind-and-copy (the user's own
+OrtValues bound once, ``update_inplace`` each, then ``sess.step()``), bound once (no copy: the
+lower bound) and ``torch.optim.Adamax(foreach=True)``, on 2,000 x 1K and 1 x 16M.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 
 import numpy as np
 
-from .common import interleaved, ort_options
+from .common import fmt_ms, fmt_ratio, interleaved, ort_options, table
 
 #: adamax-onnx contenders: name -> (build_optimizer_model options, TrainingSession options).
 VARIANTS = {
@@ -221,3 +226,112 @@ def run(threads: int, quick: bool, log=print) -> list[dict]:
         )
         del onnx, torch_keep, torch_fe_keep, contenders
     return records
+
+
+# -- feeds: step(feeds) with numpy gradients against binding them yourself -------------------
+#: Parameter sets of the feeds section: many small tensors (per-tensor Python cost) and one
+#: large one (a tensor of 1 MiB or more is bound in place instead of copied).
+FEED_SETS = {"2000 x 1K": [(2**10,)] * 2000, "1 x 16M": [(16 * 2**20,)]}
+#: Contenders of the feeds section, in table order.
+FEED_CONTENDERS = ("step(feeds)", "bind-and-copy", "bound once", "torch foreach=True")
+
+
+def _feed_contenders(params: dict, grads: dict, threads: int) -> dict:
+    """One step of each way to hand numpy gradients to the same optimizer model."""
+    import onnxruntime as ort
+
+    import adamax_onnx as ax
+
+    opt = ax.AdaMax(list(params), learning_rate=LR, beta1=BETA1, beta2=BETA2, eps=EPS)
+    model = ax.build_optimizer_model(opt, params)
+    feeds = {f"{k}_grad": g for k, g in grads.items()}
+
+    def session() -> ax.TrainingSession:
+        return ax.TrainingSession(model, sess_options=ort_options(threads, optimize=False))
+
+    fed = session()
+    # The user's own buffers, bound once; each step copies the fresh numpy gradients in.
+    copied, buffers = (
+        session(),
+        {k: ort.OrtValue.ortvalue_from_numpy(g.copy()) for k, g in feeds.items()},
+    )
+    copied.bind_inputs(buffers)
+    bound, values = session(), {k: ort.OrtValue.ortvalue_from_numpy(g) for k, g in feeds.items()}
+    bound.bind_inputs(values)
+
+    def bind_and_copy() -> None:
+        for name, g in feeds.items():
+            buffers[name].update_inplace(g)
+        copied.step()
+
+    torch_step, keep = _torch_contender(params, grads, foreach=True)
+    steps = {
+        "step(feeds)": lambda: fed.step(feeds),
+        "bind-and-copy": bind_and_copy,
+        "bound once": bound.step,
+        "torch foreach=True": torch_step,
+    }
+    return {"steps": steps, "keep": (fed, copied, bound, buffers, values, keep)}
+
+
+def run_feeds(threads: int, quick: bool, log=print) -> list[dict]:
+    """``TrainingSession.step(feeds)`` with numpy gradients against bind-and-copy (the user
+    copies them into OrtValues bound once, then ``step()``), bound once (no copy at all) and
+    ``torch.optim.Adamax(foreach=True)``, interleaved; one record per parameter set."""
+    records = []
+    rounds = 7 if quick else 15
+    rng = np.random.default_rng(0)
+    for label, shapes in FEED_SETS.items():
+        n = int(sum(int(np.prod(s)) for s in shapes))
+        params = {f"p{i}": rng.standard_normal(s, dtype=np.float32) for i, s in enumerate(shapes)}
+        grads = {k: rng.standard_normal(v.shape, dtype=np.float32) for k, v in params.items()}
+        contenders = _feed_contenders(params, grads, threads)
+        t = interleaved(contenders["steps"], rounds=rounds)
+        feeds_ms = t["step(feeds)"].median
+        records.append(
+            {
+                "set": label,
+                "tensors": len(shapes),
+                "elements": n,
+                "timings": {k: v.as_dict() for k, v in t.items()},
+                "ratios": {
+                    f"step(feeds) / {k}": round(feeds_ms / t[k].median, 3)
+                    for k in FEED_CONTENDERS[1:]
+                },
+            }
+        )
+        log(f"  {label:<12} " + "  ".join(f"{k}={v.median:.2f}ms" for k, v in t.items()))
+        del contenders
+    return records
+
+
+def feeds_table(records: list[dict]) -> str:
+    """The feeds section as a markdown table (ms per step, ratios of medians)."""
+    rows = []
+    for r in records:
+        t = {k: v["median_ms"] for k, v in r["timings"].items()}
+        rows.append(
+            [r["set"]]
+            + [fmt_ms(t[k]) for k in FEED_CONTENDERS]
+            + [fmt_ratio(r["ratios"][f"step(feeds) / {k}"]) for k in FEED_CONTENDERS[1:]]
+        )
+    headers = ["parameters", *(f"{k} ms" for k in FEED_CONTENDERS)]
+    headers += [f"feeds / {k}" for k in FEED_CONTENDERS[1:]]
+    return table(headers, rows)
+
+
+def feeds_targets(records: list[dict]) -> list[tuple[str, str, bool]]:
+    """Issue 17's targets: step(feeds) <= 1.1x bind-and-copy and <= 1.0x torch foreach."""
+    out = []
+    for r in records:
+        for other, limit in (("bind-and-copy", 1.1), ("torch foreach=True", 1.0)):
+            ratio = r["ratios"][f"step(feeds) / {other}"]
+            out.append(
+                (
+                    f"step(feeds), {r['set']}: <= {limit}x {other}",
+                    fmt_ratio(ratio),
+                    ratio <= limit,
+                )
+            )
+    return out
+
