@@ -1,4 +1,4 @@
-"""Each lowering rule of adamax_onnx/passes/lowering.py, one op at a time, against independent references.
+"""Each lowering rule of adamax_onnx/passes/lowering/, one op at a time, against independent references.
 
 A one-node graph holding the training-build op is run twice: by onnxruntime-training's own
 kernel (the op as the gradient builder means it), and after lowering, as standard ONNX ops.
