@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .checkparam import check_float, check_non_negative, check_open_unit, check_positive
+from .schedules import is_schedule
 
 __all__ = ["AdaMax", "ParamConfig", "LearningRate", "WeightDecay"]
 
@@ -28,11 +29,6 @@ _GROUP_KEYS = ("params", "lr", "weight_decay", "order_params", "grad_centralizat
 LearningRate = float | np.ndarray | Any
 #: A resolved weight decay (NOT yet multiplied by loss_scale): float or a schedule object.
 WeightDecay = float | Any
-
-
-def _is_schedule(obj: Any) -> bool:
-    """A schedule is anything that can emit itself into an ONNX graph (see adamax_onnx.schedules)."""
-    return callable(getattr(obj, "emit", None))
 
 
 def _param_name(p: Any) -> str | None:
@@ -60,7 +56,7 @@ def _resolve_lr(value: Any, arg: str = "learning_rate") -> LearningRate:
                 f"but got {arr.ndim}."
             )
         return _lr_table(arr, arg)
-    if _is_schedule(value):
+    if is_schedule(value):
         return value
     if isinstance(value, Iterable):
         # MindSpore: Tensor(np.array(list(lr)).astype(np.float32)); a string fails with ValueError.
@@ -93,7 +89,7 @@ def _resolve_weight_decay(value: Any, arg: str = "weight_decay") -> WeightDecay:
         value = float(value)
         check_non_negative(value, arg, _PRIM)
         return value
-    if _is_schedule(value):
+    if is_schedule(value):
         return value
     raise TypeError(
         f"For 'AdaMax', the argument '{arg}' must be int, float or a weight-decay schedule, "
@@ -312,7 +308,7 @@ class AdaMax:
                 )
             # MindSpore: grouped parameters are decayed when the group's decay is > 0 or dynamic,
             # with no "beta"/"gamma" name filter.
-            decay = _is_schedule(wd) or wd > 0
+            decay = is_schedule(wd) or wd > 0
             for p in group["params"]:
                 name = _param_name(p)
                 if name in seen:
@@ -362,4 +358,4 @@ class AdaMax:
 
 def decays(c: ParamConfig) -> bool:
     """Whether the update of ``c`` adds ``weight_decay * loss_scale * w`` to its gradient."""
-    return c.decay and (_is_schedule(c.weight_decay) or c.weight_decay > 0)
+    return c.decay and (is_schedule(c.weight_decay) or c.weight_decay > 0)

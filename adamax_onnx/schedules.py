@@ -94,6 +94,7 @@ if TYPE_CHECKING:  # only for annotations: the builder lives in the graph-pass p
     from .passes.builder import GraphBuilder
 
 __all__ = [
+    "is_schedule",
     "LearningRateSchedule",
     "WeightDecaySchedule",
     "ExponentialDecayLR",
@@ -156,6 +157,12 @@ class LearningRateSchedule:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
         return f"{type(self).__name__}({args})"
+
+
+def is_schedule(obj: object) -> bool:
+    """Whether ``obj`` is a schedule: anything with an ``emit`` method (duck-typed, so a
+    schedule need not subclass :class:`LearningRateSchedule`)."""
+    return callable(getattr(obj, "emit", None))
 
 
 #: A dynamic weight decay is written exactly like a learning-rate schedule.

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ..schedules import is_schedule
 from .adamax_stages import (
     Hyper,
     KernelInputs,
@@ -31,7 +32,6 @@ from .adamax_stages import (
     apply_adamax_buckets,
     centralize_gradient,
     decay_weight,
-    is_schedule,
     learning_rate,
     unscale_gradient,
     weight_decay,

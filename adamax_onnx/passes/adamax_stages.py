@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..schedules import is_schedule
 from .builder import GraphBuilder
 from .contract import (
     BETA1_POWER,
@@ -44,7 +45,6 @@ __all__ = [
     "StepTensors",
     "KernelInputs",
     "Hyper",
-    "is_schedule",
     "advance_step",
     "learning_rate",
     "weight_decay",
@@ -58,11 +58,6 @@ __all__ = [
 _F32 = np.float32
 #: ``(beta1, beta2, eps)`` as float32.
 Hyper = tuple[np.float32, np.float32, np.float32]
-
-
-def is_schedule(obj: Any) -> bool:
-    """A schedule emits itself into a graph (see :mod:`adamax_onnx.schedules`)."""
-    return callable(getattr(obj, "emit", None))
 
 
 class StateInputs:
