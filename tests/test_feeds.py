@@ -192,6 +192,39 @@ def test_optimizer_model_gradient_feeds():
     assert snapshot(sess) == before
 
 
+def test_gradient_feeds_of_any_layout_or_array_subclass_train_alike():
+    # Arrays of exactly the expected static shape and dtype take the validator's one-comparison
+    # path; a strided view, a read-only array and an ndarray subclass must give the same step.
+    params = {"w": np.ones((2, 3), np.float32), "b": np.ones(3, np.float32)}
+    model = ax.build_optimizer_model(ax.AdaMax(["w", "b"], learning_rate=0.1), params)
+    rng = np.random.default_rng(3)
+    grads = [
+        {"w_grad": rng.standard_normal((2, 3)).astype(np.float32), "b_grad": np.ones(3, "f4")}
+        for _ in range(3)
+    ]
+
+    class Sub(np.ndarray):
+        pass
+
+    def variants(g):
+        wide = np.repeat(g["w_grad"], 2, axis=1)
+        frozen = g["b_grad"].copy()
+        frozen.flags.writeable = False
+        yield g
+        yield {"w_grad": wide[:, ::2], "b_grad": frozen}
+        yield {"w_grad": g["w_grad"].view(Sub), "b_grad": g["b_grad"]}
+
+    runs = []
+    for k in range(3):
+        sess = ax.TrainingSession(model)
+        for g in grads:
+            sess.step(list(variants(g))[k])
+        runs.append(snapshot(sess))
+    assert runs[0] == runs[1] == runs[2]
+    with pytest.raises(ax.FeedError, match="'w_grad' has dtype >f4"):
+        sess.step({"w_grad": grads[0]["w_grad"].astype(">f4"), "b_grad": grads[0]["b_grad"]})
+
+
 def test_predict_feeds_are_checked(train_model):
     sess = ax.TrainingSession(train_model)
     for bad, word in [
