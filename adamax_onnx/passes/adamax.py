@@ -69,6 +69,72 @@ class _GroupScalars:
     weight_decay: str | None
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """How one parameter's update is laid out.
+
+    ``centralized``: MindSpore centralizes its gradient (the group asks, rank >= 2 and
+    ``shape[1] % 16 == 0``). ``flat``: a large float32 tensor whose last dims are 1 (a 1x1
+    convolution's [O, I, 1, 1] weight) is updated as a flat view and reshaped back: onnxruntime's
+    CPU broadcast of a scalar over such a shape runs per element (a Mul over [1280, 320, 1, 1]
+    takes 4 ms against 0.045 ms over [1280, 320]); same elementwise ops, same bits.
+    ``bucketed``: a small float32 parameter, updated in a bucket (flat there anyway).
+    """
+
+    numel: int
+    rank: int
+    centralized: bool
+    flat: bool
+    bucketed: bool
+
+    @classmethod
+    def of(cls, cfg: Any, dims: list, prec: Precision, bucket_size: int) -> _Layout:
+        known = all(isinstance(d, int) for d in dims)
+        numel, rank = (int(np.prod(dims)) if known else 0), len(dims)
+        centralized = bool(
+            cfg.grad_centralization and rank >= 2 and isinstance(dims[1], int) and dims[1] % 16 == 0
+        )
+        own_kernel = not prec.casts_kernel
+        flat = own_kernel and numel >= bucket_size and rank > 1 and dims[-1] == 1
+        bucketed = own_kernel and 0 < numel < bucket_size
+        return cls(numel, rank, centralized, flat, bucketed)
+
+
+class _FlatView:
+    """Reshapes of one parameter's tensors to 1-D (``<p>.adamax.<label>_flat``)."""
+
+    def __init__(self, g: GraphBuilder, param: str, numel: int) -> None:
+        self.g, self.param = g, param
+        self.shape = g.const(np.array([numel], np.int64), np.int64, "adamax.flat")
+
+    def __call__(self, name: str, label: str) -> str:
+        return self.g.op("Reshape", [name, self.shape], f"{self.param}.adamax.{label}_flat")
+
+
+def _apply_alone(
+    g: GraphBuilder,
+    prec: Precision,
+    k: KernelInputs,
+    view: _FlatView | None,
+    lr: str,
+    hyper: Hyper,
+) -> None:
+    """ApplyAdaMax of one parameter, its results written to ``<state>.updated``: directly, or
+    cast back to the parameter dtype, or reshaped back from a flat view."""
+    targets = [updated(t) for t in k.targets()]
+    direct = not (prec.casts_kernel or view)
+    outputs = tuple(targets) if direct else (None, None, None)
+    results = apply_adamax(g, prec.prefix, k.w, k.m, k.v, k.grad, lr, hyper, outputs)
+    if direct:
+        return
+    shape = g.const(np.array(k.dims, np.int64), np.int64, f"{k.param}.adamax.shape") if view else ""
+    for result, target, label in zip(results, targets, ("m", "v", "w"), strict=True):
+        if view:
+            g.op("Reshape", [result, shape], f"{k.param}.adamax.{label}_shaped", output=target)
+        else:
+            prec.leave_kernel(g, result, label, target)
+
+
 class AdaMaxPass(GraphPass):
     """Append the AdaMax update of ``optimizer`` (an :class:`adamax_onnx.AdaMax`) to a graph.
 
@@ -165,64 +231,50 @@ class AdaMaxPass(GraphPass):
         scalars: _GroupScalars,
         hyper: Hyper,
     ) -> KernelInputs | None:
-        """The gradient stages and ApplyAdaMax of one parameter; a small float32 parameter is
-        returned instead, for :func:`apply_adamax_buckets`."""
+        """The gradient stages and ApplyAdaMax of one parameter; a small float32 parameter's
+        kernel inputs are returned instead, for :func:`apply_adamax_buckets`."""
         p, (elem, dims) = cfg.name, spec
         prec = Precision(elem, f"{p}.adamax")
+        layout = _Layout.of(cfg, dims, prec, self.bucket_size)
         zeros = np.zeros([d if isinstance(d, int) else 0 for d in dims], prec.np_dtype)
         m = state.state(m_name(p), elem, dims, zeros)
         v = state.state(v_name(p), elem, dims, zeros)
-        numel = int(np.prod(dims)) if all(isinstance(d, int) for d in dims) else 0
-        rank = len(dims)
-        centralized = (
-            cfg.grad_centralization and rank >= 2 and isinstance(dims[1], int) and dims[1] % 16 == 0
-        )
-        # onnxruntime's CPU broadcast of a scalar over a tensor whose last dims are 1 (a 1x1
-        # convolution's [O, I, 1, 1] weight) runs per element: a Mul by a scalar over
-        # [1280, 320, 1, 1] takes 4 ms against 0.045 ms over [1280, 320]. Such a parameter is
-        # updated as a flat view (same elementwise ops, same bits) and reshaped back; small
-        # ones are flat in their buckets anyway.
-        flat = not prec.casts_kernel and numel >= self.bucket_size and rank > 1 and dims[-1] == 1
-        flat_shape = g.const(np.array([numel], np.int64), np.int64, "adamax.flat") if flat else ""
+        view = _FlatView(g, p, layout.numel) if layout.flat else None
+        w, grad = self._gradient(g, prec, cfg, layout, view, scalars.weight_decay)
+        w, grad, m_k, v_k = prec.enter_kernel(g, w, grad, m, v)
+        if view:
+            m_k, v_k = view(m, "m"), view(v, "v")
+        state.output(updated(p), elem, dims)
+        kernel = KernelInputs(p, dims, layout.numel, w, m_k, v_k, grad)
+        if layout.bucketed:
+            return kernel
+        _apply_alone(g, prec, kernel, view, scalars.lr, hyper)
+        return None
 
-        def flatten(name: str, label: str) -> str:
-            return g.op("Reshape", [name, flat_shape], f"{p}.adamax.{label}_flat")
-
-        w, grad = p, grad_name(p)
-        if flat and not centralized:
-            w, grad = flatten(w, "w"), flatten(grad, "grad")
+    def _gradient(
+        self,
+        g: GraphBuilder,
+        prec: Precision,
+        cfg: Any,
+        layout: _Layout,
+        view: _FlatView | None,
+        wd: str | None,
+    ) -> tuple[str, str]:
+        """Decay, centralize, unscale: the parameter and its final gradient, in the stage
+        dtype (flat views when ``view``)."""
+        w, grad = cfg.name, grad_name(cfg.name)
+        if view and not layout.centralized:
+            w, grad = view(w, "w"), view(grad, "grad")
         w, grad = prec.enter_stages(g, w, grad)
-        if cfg.decay and scalars.weight_decay is not None:
-            grad = decay_weight(g, prec, w, grad, scalars.weight_decay)
-        if centralized:
-            grad = centralize_gradient(g, prec, grad, rank)
-            if flat:  # centralization needs the shape; flatten afterwards
-                w, grad = flatten(w, "w"), flatten(grad, "grad")
+        if cfg.decay and wd is not None:
+            grad = decay_weight(g, prec, w, grad, wd)
+        if layout.centralized:
+            grad = centralize_gradient(g, prec, grad, layout.rank)
+            if view:  # centralization needs the shape: flat views afterwards
+                w, grad = view(w, "w"), view(grad, "grad")
         if self.opt.loss_scale != 1.0:
             grad = unscale_gradient(g, prec, grad, float(self.opt.loss_scale))
-        w, grad, m_k, v_k = prec.enter_kernel(g, w, grad, m, v)
-        if flat:
-            m_k, v_k = flatten(m, "m"), flatten(v, "v")
-        state.output(updated(p), elem, dims)
-        if not prec.casts_kernel and 0 < numel < self.bucket_size:
-            return KernelInputs(p, dims, numel, w, m_k, v_k, grad)
-
-        targets = (m, v, p)
-        direct = tuple(updated(t) for t in targets) if not (prec.casts_kernel or flat) else None
-        results = apply_adamax(
-            g, prec.prefix, w, m_k, v_k, grad, scalars.lr, hyper, direct or (None, None, None)
-        )
-        if direct:
-            return None
-        shape = g.const(np.array(dims, np.int64), np.int64, f"{p}.adamax.shape") if flat else ""
-        for result, target, label in zip(results, targets, ("m", "v", "w"), strict=True):
-            if flat:
-                g.op(
-                    "Reshape", [result, shape], f"{p}.adamax.{label}_shaped", output=updated(target)
-                )
-            else:
-                prec.leave_kernel(g, result, label, updated(target))
-        return None
+        return w, grad
 
     def _splice(self, graph: onnx.GraphProto, g: GraphBuilder, state: StateInputs) -> None:
         if self.drop_gradient_outputs:
