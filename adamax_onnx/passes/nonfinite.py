@@ -1,5 +1,8 @@
 """Overflow guard pass: skip an update whose gradients hold NaN/Inf, and loss scaling as state.
 
+(About 400 lines, one module: one pass whose stages below share one builder and one renaming
+of the graph's tensors; each stage is a method.)
+
 This is MindSpore's ``nn.TrainOneStepWithLossScaleCell`` expressed in the training graph, so a
 step stays one ``run``:
 
@@ -155,9 +158,7 @@ class GuardNonFinite(GraphPass):
             defaults.append(numpy_helper.from_array(value, name))
             return name
 
-        # Tensors the optimizer reads instead of the raw gradients, by parameter.
-        checked = {p: grad_name(p) for p in self.params}
-        rewire: dict[str, str] = {}
+        rewire: dict[str, str] = {}  # tensor -> the tensor its readers read instead
         spec = self.loss_scale
         scale = None
         if spec is not None:
@@ -171,93 +172,15 @@ class GuardNonFinite(GraphPass):
                 scale = g.const(spec.init, f32, "adamax.loss_scale_value")
             self._seed_from(graph, g, scale)
             if spec.unscale:
-                recip = g.op("Reciprocal", [scale], "adamax.loss_scale_reciprocal")
-                recip_by_type: dict[int, str] = {TensorProto.FLOAT: recip}
-                for p in self.params:
-                    dt = elem.get(grad_name(p), TensorProto.FLOAT)
-                    if dt not in recip_by_type:
-                        recip_by_type[dt] = g.op(
-                            "Cast", [recip], "adamax.loss_scale_reciprocal_cast", to=dt
-                        )
-                    checked[p] = g.op(
-                        "Mul", [grad_name(p), recip_by_type[dt]], f"{p}.grad_unscaled"
-                    )
-                    rewire[grad_name(p)] = checked[p]
+                rewire.update(self._unscale(g, scale, elem))
 
         overflow = None
         if self.skip:
-            sums = []
-            zeros: dict[int, str] = {}
-            for p in self.params:
-                # The raw gradient: finite raw <=> finite unscaled (1/scale is in (0, 1]).
-                t = grad_name(p)
-                dt = elem.get(grad_name(p), TensorProto.FLOAT)
-                limit = _OVERFLOW_AT.get(dt)
-                if dt not in _NATIVE:
-                    t = g.op("Cast", [t], f"{p}.grad_float", to=TensorProto.FLOAT)
-                    dt = TensorProto.FLOAT
-                if dt not in zeros:
-                    zeros[dt] = g.const(0, helper.tensor_dtype_to_np_dtype(dt), "adamax.zero")
-                z = g.op("Mul", [t, zeros[dt]], f"{p}.grad_times_zero")
-                s = g.op("ReduceSum", [z], f"{p}.grad_nonfinite_probe", keepdims=0)
-                if dt != TensorProto.FLOAT:
-                    s = g.op("Cast", [s], f"{p}.grad_nonfinite_probe_float", to=TensorProto.FLOAT)
-                if limit is not None and 0 not in shapes.get(p, ()):
-                    # onnxruntime's CPU provider computes float16 nodes in float32 and may never
-                    # round a gradient to float16: a value that would round to +-Inf there
-                    # counts as an overflow, as it does where float16 is computed natively.
-                    biggest = g.op(
-                        "ReduceMax",
-                        [g.op("Abs", [t], f"{p}.grad_abs_probe")],
-                        f"{p}.grad_max_abs",
-                        keepdims=0,
-                    )
-                    too_big = g.op(
-                        "GreaterOrEqual",
-                        [biggest, g.const(limit, f32, "adamax.narrow_float_overflow_at")],
-                        f"{p}.grad_out_of_range",
-                    )
-                    s = g.op(
-                        "Add",
-                        [
-                            s,
-                            g.op(
-                                "Cast",
-                                [too_big],
-                                f"{p}.grad_out_of_range_float",
-                                to=TensorProto.FLOAT,
-                            ),
-                        ],
-                        f"{p}.grad_overflow_probe",
-                    )
-                sums.append(s)
-            # A chain of Adds rather than one Sum: every execution provider has Add (the ggml
-            # plugin has no Sum), and shape inference follows it without constants.
-            total = sums[0]
-            for k, s in enumerate(sums[1:], start=1):
-                name = "adamax.nonfinite_probe" if k == len(sums) - 1 else f"adamax.probe_sum{k}"
-                total = g.op("Add", [total, s], name)
-            finite = g.op(
-                "Equal", [total, g.const(0.0, f32, "adamax.zero_f32")], "adamax.all_finite"
-            )
+            finite = self._all_finite(g, elem, shapes)
             g.reserve(OVERFLOW)
             overflow = g.op("Not", [finite], "adamax.overflow", output=OVERFLOW)
             new_outputs.append(helper.make_tensor_value_info(OVERFLOW, TensorProto.BOOL, []))
-
-            # Gate every carried state output: X.updated = Where(all_finite, new X, X).
-            own = set(self.state_inputs())
-            for out in graph.output:
-                name = out.name
-                if not name.endswith(".updated"):
-                    continue
-                source = name[: -len(".updated")]
-                if source not in inputs or source in own:
-                    continue
-                candidate = g.unique(f"{name}.candidate")
-                rewire[name] = candidate
-                g.op(
-                    "Where", [finite, candidate, source], f"{source}.skip_if_overflow", output=name
-                )
+            rewire.update(self._gate_state(graph, g, inputs, finite))
 
         # Rename in the existing nodes: consumers of raw gradients read the unscaled ones, and
         # producers/consumers of gated outputs use the candidate name.
@@ -284,6 +207,100 @@ class GuardNonFinite(GraphPass):
         return PassResult(model, True)
 
     # -- pieces ----------------------------------------------------------------------------------
+    def _unscale(self, g: GraphBuilder, scale: str, elem: dict[str, int]) -> dict[str, str]:
+        """``<p>_grad * Cast(1/scale)`` for every parameter: raw gradient -> unscaled one."""
+        recip = g.op("Reciprocal", [scale], "adamax.loss_scale_reciprocal")
+        recip_by_type: dict[int, str] = {TensorProto.FLOAT: recip}
+        unscaled = {}
+        for p in self.params:
+            dt = elem.get(grad_name(p), TensorProto.FLOAT)
+            if dt not in recip_by_type:
+                recip_by_type[dt] = g.op(
+                    "Cast", [recip], "adamax.loss_scale_reciprocal_cast", to=dt
+                )
+            unscaled[grad_name(p)] = g.op(
+                "Mul", [grad_name(p), recip_by_type[dt]], f"{p}.grad_unscaled"
+            )
+        return unscaled
+
+    def _all_finite(
+        self, g: GraphBuilder, elem: dict[str, int], shapes: dict[str, tuple[int, ...]]
+    ) -> str:
+        """The bool scalar ``adamax.all_finite``: every (raw) gradient is finite."""
+        sums = []
+        zeros: dict[int, str] = {}
+        for p in self.params:
+            # The raw gradient: finite raw <=> finite unscaled (1/scale is in (0, 1]).
+            t = grad_name(p)
+            dt = elem.get(grad_name(p), TensorProto.FLOAT)
+            limit = _OVERFLOW_AT.get(dt)
+            if dt not in _NATIVE:
+                t = g.op("Cast", [t], f"{p}.grad_float", to=TensorProto.FLOAT)
+                dt = TensorProto.FLOAT
+            if dt not in zeros:
+                zeros[dt] = g.const(0, helper.tensor_dtype_to_np_dtype(dt), "adamax.zero")
+            z = g.op("Mul", [t, zeros[dt]], f"{p}.grad_times_zero")
+            s = g.op("ReduceSum", [z], f"{p}.grad_nonfinite_probe", keepdims=0)
+            if dt != TensorProto.FLOAT:
+                s = g.op("Cast", [s], f"{p}.grad_nonfinite_probe_float", to=TensorProto.FLOAT)
+            if limit is not None and 0 not in shapes.get(p, ()):
+                # onnxruntime's CPU provider computes float16 nodes in float32 and may never
+                # round a gradient to float16: a value that would round to +-Inf there
+                # counts as an overflow, as it does where float16 is computed natively.
+                biggest = g.op(
+                    "ReduceMax",
+                    [g.op("Abs", [t], f"{p}.grad_abs_probe")],
+                    f"{p}.grad_max_abs",
+                    keepdims=0,
+                )
+                too_big = g.op(
+                    "GreaterOrEqual",
+                    [biggest, g.const(limit, np.float32, "adamax.narrow_float_overflow_at")],
+                    f"{p}.grad_out_of_range",
+                )
+                s = g.op(
+                    "Add",
+                    [
+                        s,
+                        g.op(
+                            "Cast",
+                            [too_big],
+                            f"{p}.grad_out_of_range_float",
+                            to=TensorProto.FLOAT,
+                        ),
+                    ],
+                    f"{p}.grad_overflow_probe",
+                )
+            sums.append(s)
+        # A chain of Adds rather than one Sum: every execution provider has Add (the ggml
+        # plugin has no Sum), and shape inference follows it without constants.
+        total = sums[0]
+        for k, s in enumerate(sums[1:], start=1):
+            name = "adamax.nonfinite_probe" if k == len(sums) - 1 else f"adamax.probe_sum{k}"
+            total = g.op("Add", [total, s], name)
+        return g.op(
+            "Equal", [total, g.const(0.0, np.float32, "adamax.zero_f32")], "adamax.all_finite"
+        )
+
+    def _gate_state(
+        self, graph: onnx.GraphProto, g: GraphBuilder, inputs: set[str], finite: str
+    ) -> dict[str, str]:
+        """Every carried state output ``X.updated`` becomes ``Where(all_finite, new X, X)``;
+        returns the renaming of the ``X.updated`` producers to their ``.candidate`` outputs."""
+        renamed = {}
+        own = set(self.state_inputs())
+        for out in graph.output:
+            name = out.name
+            if not name.endswith(".updated"):
+                continue
+            source = name[: -len(".updated")]
+            if source not in inputs or source in own:
+                continue
+            candidate = g.unique(f"{name}.candidate")
+            renamed[name] = candidate
+            g.op("Where", [finite, candidate, source], f"{source}.skip_if_overflow", output=name)
+        return renamed
+
     def _seed_from(self, graph: onnx.GraphProto, g: GraphBuilder, scale: str) -> None:
         """Replace the constant seed ``<loss>_grad`` by ``ones_like(loss) * cast(scale)``."""
         seed = grad_name(self.loss)
