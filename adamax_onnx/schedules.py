@@ -68,9 +68,9 @@ Example: a learning rate that is constant, then halved from a given step on::
 An instance is then passed wherever a learning rate (or weight decay) is accepted, e.g.
 ``AdaMax(params, learning_rate=ConstantThenHalve(1e-3, 1000))``.
 
-(About 490 lines, over the usual 400: six schedules, each documenting the float32 formula
-MindSpore really computes next to the two places that compute it, and the example above. The
-code itself is under 200 lines.)
+(Over the usual 400 lines on purpose: six schedules, each documenting the float32 formula
+MindSpore really computes next to the two places that compute it (graph and ``value``), and the
+example above; the code itself is about 200 lines.)
 """
 
 from __future__ import annotations
