@@ -53,6 +53,7 @@ __all__ = [
     "unscale_gradient",
     "apply_adamax",
     "apply_adamax_buckets",
+    "pack_buckets",
 ]
 
 _F32 = np.float32
@@ -69,7 +70,9 @@ class StateInputs:
         self.outputs: list[onnx.ValueInfoProto] = []
         self.defaults: list[onnx.TensorProto] = []
 
-    def state(self, name: str, elem: int, dims: list, init: np.ndarray, carried=True) -> str:
+    def state(
+        self, name: str, elem: int, dims: list, init: np.ndarray, carried: bool = True
+    ) -> str:
         """Input ``name`` with default ``init``; ``carried`` ones also get ``name.updated``."""
         self.g.reserve(name)
         self.inputs.append(helper.make_tensor_value_info(name, elem, dims))
