@@ -1,5 +1,5 @@
-"""Gradient rules of the normalizations (adamax_onnx/passes/autodiff/rules/normalization.py), checked with
-tests/gradcheck.py against float64 central differences and torch autograd."""
+"""Gradient rules of the normalizations (adamax_onnx/passes/autodiff/rules/normalization.py),
+checked with tests/gradcheck.py against float64 central differences and torch autograd."""
 
 from __future__ import annotations
 

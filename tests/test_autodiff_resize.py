@@ -1,4 +1,5 @@
-"""Gradient rules of adamax_onnx/passes/autodiff/rules/resize.py against torch autograd and central differences."""
+"""Gradient rules of adamax_onnx/passes/autodiff/rules/resize.py against torch autograd and
+central differences."""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
-"""Gradient rules of shape and layout ops (adamax_onnx/passes/autodiff/rules/shape.py) against float64
-central differences and torch autograd, with a symbolic batch dim."""
+"""Gradient rules of shape and layout ops (adamax_onnx/passes/autodiff/rules/shape.py) against
+float64 central differences and torch autograd, with a symbolic batch dim.
+
+(Over 400 lines: the tests of the one rule module they mirror, for Reshape, Transpose, Expand,
+Tile, Concat, Split, Slice and Trilu.)
+"""
 
 from __future__ import annotations
 
