@@ -10,8 +10,11 @@ untouched; feeds are validated (:mod:`.feeds`) and learning-rate tables checked 
 runs.
 
 This module holds the buffers and the bindings. It never edits graphs: the model it runs comes
-from :mod:`.passes.session`, the inference model from :mod:`.passes.inference`; learning rates
-are read by :mod:`.lr_probe`, checkpoints written and checked by :mod:`.checkpoint`.
+from :mod:`.passes.session`, the inference model from :mod:`.passes.inference`; feeds are
+checked by :mod:`.feeds`, learning rates read by :mod:`.lr_probe`, checkpoints written and
+checked by :mod:`.checkpoint`. Why it is longer than 400 lines: it is one class, the whole
+public surface of a session (step, state, learning rates, checkpoints, inference), each method
+a few lines over the buffers it owns; splitting the class would split the buffers.
 """
 
 from __future__ import annotations
@@ -80,6 +83,46 @@ def default_chunk_size(providers: Sequence[Any]) -> int:
     return DEFAULT_CHUNK_SIZE if cpu_only else 0
 
 
+def _start_session(
+    plain: onnx.ModelProto,
+    chunked: onnx.ModelProto | None,
+    options: ort.SessionOptions,
+    providers: list[Any],
+) -> tuple[ort.InferenceSession, onnx.ModelProto]:
+    """A session of ``chunked`` or, should onnxruntime refuse it (with a ``RuntimeWarning``),
+    of ``plain``; returns the session and the model it runs."""
+    try:
+        model = chunked or plain
+        return ort.InferenceSession(model.SerializeToString(), options, providers), model
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception
+        if chunked is None:
+            raise
+        # A speed rewrite must never cost a user the session: run the model as built.
+        warnings.warn(
+            f"onnxruntime refused the chunked update ({exc}); running whole-tensor "
+            "updates instead (TrainingSession(..., chunk_size=0) skips the attempt)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return ort.InferenceSession(plain.SerializeToString(), options, providers), plain
+
+
+def _ping_pong_buffers(
+    initial: Mapping[str, onnx.TensorProto], device: str, device_id: int
+) -> list[dict[str, ort.OrtValue]]:
+    """Two sets of OrtValues holding the ``initial`` values, on the device."""
+    buffers: list[dict[str, ort.OrtValue]] = [{}, {}]
+    for name, tensor in initial.items():
+        # At most two copies of a tensor exist at once (the bytes read from the model are
+        # dropped before the second set is made): a lower peak while the session starts.
+        first = np.array(numpy_helper.to_array(tensor), order="C", copy=True)
+        second = first.copy()
+        for buf, arr in zip(buffers, (first, second), strict=True):
+            buf[name] = ort.OrtValue.ortvalue_from_numpy(arr, device, device_id)
+        del first, second
+    return buffers
+
+
 class TrainingSession:
     """Run a model built by :func:`build_training_model` or :func:`build_optimizer_model`.
 
@@ -141,28 +184,9 @@ class TrainingSession:
         self.chunk_size = chunk_size
         # Parameters, state and fixed learning rates are always bound (IOBinding): the session
         # gets the model without their initial values (passes.session).
-        runnable, chunked = session_models(self.model, contract, chunk_size)
-        try:
-            self.session = ort.InferenceSession(
-                (chunked or runnable).SerializeToString(),
-                sess_options=sess_options,
-                providers=self.providers,
-            )
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception
-            if chunked is None:
-                raise
-            # A speed rewrite must never cost a user the session: run the model as built.
-            warnings.warn(
-                f"onnxruntime refused the chunked update ({exc}); running whole-tensor "
-                "updates instead (TrainingSession(..., chunk_size=0) skips the attempt)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            chunked = None
-            self.session = ort.InferenceSession(
-                runnable.SerializeToString(), sess_options=sess_options, providers=self.providers
-            )
-        runnable = chunked or runnable
+        self.session, runnable = _start_session(
+            *session_models(self.model, contract, chunk_size), sess_options, self.providers
+        )
         # Every input's spec, read once (NodeArg.type/.shape build new objects on each access).
         self._input_specs = {i.name: TensorSpec.of_input(i) for i in self.session.get_inputs()}
         # Class-label inputs whose values are range-checked before a step (safety.py).
@@ -172,15 +196,9 @@ class TrainingSession:
         missing = [n for n in self._state_names if n not in defaults]
         if missing:
             raise ModelError(f"built model lacks initial values for state input(s) {missing}")
-        self._buffers: list[dict[str, ort.OrtValue]] = [{}, {}]
-        for name in self._state_names:
-            # At most two copies of a tensor exist at once (the bytes read from the model are
-            # dropped before the second set is made): a lower peak while the session starts.
-            first = np.array(numpy_helper.to_array(defaults[name]), order="C", copy=True)
-            second = first.copy()
-            for buf, arr in zip(self._buffers, (first, second), strict=True):
-                buf[name] = ort.OrtValue.ortvalue_from_numpy(arr, self._device, self._device_id)
-            del first, second
+        self._buffers = _ping_pong_buffers(
+            {n: defaults[n] for n in self._state_names}, self._device, self._device_id
+        )
         self._lr_values = {
             name: self._ortvalue(numpy_helper.to_array(defaults[name]))
             for name in contract.lr_inputs.values()

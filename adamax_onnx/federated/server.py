@@ -10,7 +10,6 @@ JSON: held-out loss/accuracy, the clients' aggregated metrics, excluded updates,
 from __future__ import annotations
 
 import json
-import os
 import time
 from logging import INFO
 from pathlib import Path
@@ -22,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from ..atomic import write_atomically
 from ..errors import FederatedError
 from ..runtime import TrainingSession
 from ..training import evaluate, load_dataset
@@ -109,11 +109,8 @@ def run_server(grid: Grid, settings: RunSettings) -> dict[str, Any]:
         for k, v in final.items()
     }
     if settings.results:
-        out = Path(settings.results)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(history, indent=1))
-        os.replace(tmp, out)
+        text = json.dumps(history, indent=1).encode()
+        write_atomically(Path(settings.results), lambda fh: fh.write(text))
     return history
 
 
