@@ -151,43 +151,35 @@ def trainable_params(
     return names
 
 
-def _check_params(model: onnx.ModelProto, optimizer: AdaMax) -> dict[str, onnx.TensorProto]:
-    inits = {i.name: i for i in model.graph.initializer}
-    if not any(i.data_type in _FLOAT_TYPES for i in inits.values()):
+def _check_params(model, optimizer: AdaMax) -> None:
+    """Raise a ``ModelError`` for an optimizer parameter ``model`` (an ``onnx_ir.Model``) cannot
+    train: not an initializer, not a float tensor, or read by no node."""
+    inits = model.graph.initializers
+    if not any(int(v.const_value.dtype) in _FLOAT_TYPES for v in inits.values()):
         raise ModelError("the model has no float initializers: there is nothing to train")
     missing = [n for n in optimizer.param_names if n not in inits]
     if missing:
+        from .passes.infra import to_proto
+
         raise ModelError(
             f"parameter(s) {missing} are not initializers of the model; trainable ones are "
-            f"{trainable_params(model)}"
+            f"{trainable_params(to_proto(model))}"
         )
     for n in optimizer.param_names:
-        if inits[n].data_type not in _FLOAT_TYPES:
+        dtype = int(inits[n].const_value.dtype)
+        if dtype not in _FLOAT_TYPES:
             raise ModelError(
                 f"parameter {n!r} has type "
-                f"{TensorProto.DataType.Name(inits[n].data_type)}; only float tensors are trained"
+                f"{TensorProto.DataType.Name(dtype)}; only float tensors are trained"
             )
-    used = _consumed(model.graph)
-    unused = [n for n in optimizer.param_names if n not in used]
+    # Readers in subgraphs count: onnx_ir records them as uses of the outer value.
+    unused = [n for n in optimizer.param_names if not inits[n].uses()]
     if unused:
         # Caught here: the gradient builder's own message for it is a C++ assertion.
         raise ModelError(
             f"parameter(s) {unused} are not read by any node of the model, so the loss cannot "
             "depend on them; leave them out of the optimizer"
         )
-    return inits
-
-
-def _consumed(graph: onnx.GraphProto) -> set[str]:
-    """Names read by the nodes of ``graph`` and of its subgraphs."""
-    names: set[str] = set()
-    for node in graph.node:
-        names.update(node.input)
-        for attr in node.attribute:
-            subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-            for sub in subs:
-                names |= _consumed(sub)
-    return names
 
 
 def _describe(value) -> object:
@@ -377,7 +369,7 @@ def build_training_model(
             optimizer, bucket_size, guard, portable, chunker if chunk_size else None
         ),
         # the inference graph as torch's eval() runs it
-        finish=steps.Finish(contract, lambda: record.eval_model, lambda: record.values),
+        finish=steps.Finish(contract, lambda: record.eval_model, record.values),
     )
     return pipeline(model)
 

@@ -18,7 +18,7 @@ from adamax_onnx.passes.loss import AttachLoss
 
 def onnx_gradients(model, loss, feeds, label_extra=None):
     names = ax.trainable_params(model)
-    g = BuildGradients("loss", names)(AttachLoss(loss).call(_copy(model)).model).model
+    g = BuildGradients("loss", names)(AttachLoss(loss)(model).model).model
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(g.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -26,12 +26,6 @@ def onnx_gradients(model, loss, feeds, label_extra=None):
     outs = sess.run(None, {**feeds, **{n: init[n] for n in names}})
     by = dict(zip([o.name for o in sess.get_outputs()], outs, strict=True))
     return by["loss"], {n: by[f"{n}_grad"] for n in names}, init
-
-
-def _copy(m):
-    c = onnx.ModelProto()
-    c.CopyFrom(m)
-    return c
 
 
 def torch_params(init):

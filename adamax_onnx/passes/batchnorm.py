@@ -40,34 +40,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import onnx
-from onnx import helper
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
 
-from .base import GraphPass, PassResult
-from .builder import GraphBuilder
+from .infra import BuildPass
+from .irbuild import IRBuilder, default_opset, inferred, replace_node
 
-__all__ = ["DecomposeBatchNorm", "BatchNormError", "to_eval_mode", "in_training_mode"]
+__all__ = ["DecomposeBatchNorm", "BatchNormError", "to_eval_mode"]
 
 
 class BatchNormError(ValueError):
     """A BatchNormalization node cannot be decomposed (names the node and the reason)."""
 
 
-def _ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Rank of every tensor whose shape ONNX shape inference knows."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # best effort; the caller reports an unknown rank
-        inferred = model
-    g = inferred.graph
-    return {
-        vi.name: len(vi.type.tensor_type.shape.dim)
-        for vi in list(g.value_info) + list(g.input) + list(g.output)
-        if vi.type.tensor_type.HasField("shape")
-    }
+def _rank(x: ir.Value, facts: dict[str, ir.Value]) -> int | None:
+    known = x if x.shape is not None else facts.get(x.name)
+    return None if known is None or known.shape is None else len(known.shape)
 
 
-class DecomposeBatchNorm(GraphPass):
+def _np_dtype(v: ir.Value) -> np.dtype:
+    return np.dtype(v.dtype.numpy()) if v.dtype is not None else np.dtype(np.float32)
+
+
+class DecomposeBatchNorm(BuildPass):
     """Rewrite every inference-form ``BatchNormalization`` node into standard elementwise ops.
 
     Args:
@@ -87,75 +82,58 @@ class DecomposeBatchNorm(GraphPass):
         self.trainable = set(trainable)
         self.running_stats: list[str] = []
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         bns = [
-            n
-            for n in graph.node
-            if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")
+            n for n in graph if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")
         ]
+        self.running_stats = []
         if not bns:
             return PassResult(model, False)
-        taken = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-        taken |= {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
-        g = GraphBuilder(taken)
-        ranks = _ranks(model)
-        self.running_stats = []
-        self._state_outputs: list[onnx.ValueInfoProto] = []
-        bn_ids = {id(n) for n in bns}
-        new_nodes: list[onnx.NodeProto] = []
-        for node in graph.node:
-            if id(node) not in bn_ids:
-                new_nodes.append(node)
-                continue
-            start = len(g.nodes)
-            self._decompose(model, node, g, ranks)
-            new_nodes.extend(g.nodes[start:])
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        graph.initializer.extend(g.initializers)
-        if self.running_stats:
-            inits = {i.name: i for i in graph.initializer}
-            declared = {i.name for i in graph.input}
-            for name in self.running_stats:
-                if name not in declared:
-                    t = inits[name]
-                    graph.input.append(helper.make_tensor_value_info(name, t.data_type, t.dims))
-            graph.output.extend(self._state_outputs)
+        g = IRBuilder(graph)
+        facts = inferred(model) if any(n.inputs[0].shape is None for n in bns) else {}
+        state: list[tuple[ir.Value, ir.Value]] = []  # (running statistic, its next value)
+        for node in bns:
+            g.nodes = []
+            y = self._decompose(model, node, g, _rank(node.inputs[0], facts), state)
+            replace_node(graph, node, g.nodes, [y] + [None] * (len(node.outputs) - 1))
+        for stat, _ in state:
+            if not stat.is_graph_input():
+                graph.inputs.append(stat)
+        graph.outputs.extend(new for _, new in state)
         return PassResult(model, True)
 
     def _decompose(
-        self, model: onnx.ModelProto, node: onnx.NodeProto, g: GraphBuilder, ranks: dict
-    ) -> None:
-        label = node.name or node.output[0]
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        training = bool(int(attrs.get("training_mode", 0))) or any(node.output[1:3])
-        x, scale, bias, mean, var = node.input[:5]
-        trained_stats = [n for n in (mean, var) if n in self.trainable]
+        self, model: ir.Model, node: ir.Node, g: IRBuilder, rank: int | None, state: list
+    ) -> ir.Value:
+        label = node.name or node.outputs[0].name
+        training = bool(node.attributes.get_int("training_mode", 0)) or any(
+            o.name for o in node.outputs[1:3]
+        )
+        x, scale, bias, mean, var = node.inputs[:5]
+        trained_stats = [v.name for v in (mean, var) if v.name in self.trainable]
         if trained_stats:
             raise BatchNormError(
                 f"{trained_stats} are running statistics of BatchNormalization node {label!r}; "
                 "they are frozen during fine-tuning: leave them out of the optimizer"
             )
-        rank = ranks.get(x)
         if rank is None or rank < 2:
             raise BatchNormError(
-                f"the input {x!r} of BatchNormalization node {label!r} has unknown rank (or "
+                f"the input {x.name!r} of BatchNormalization node {label!r} has unknown rank (or "
                 "rank < 2); give the model input shapes"
             )
-        epsilon = float(attrs.get("epsilon", 1e-5))
+        epsilon = node.attributes.get_float("epsilon", 1e-5)
         if training:
-            self._training(model, node, g, rank, label, epsilon, float(attrs.get("momentum", 0.9)))
-            return
+            momentum = node.attributes.get_float("momentum", 0.9)
+            return self._training(model, node, g, rank, label, epsilon, momentum, state)
         per_channel = g.const(
             [-1] + [1] * (rank - 2), dtype=np.int64, name=f"{label}.channel_shape"
         )
 
-        def channel(name: str, what: str) -> str:
-            return g.op("Reshape", [name, per_channel], f"{label}.{what}")
+        def channel(v: ir.Value, what: str) -> ir.Value:
+            return g.op("Reshape", [v, per_channel], f"{label}.{what}")
 
-        dtype = _elem_np_dtype(model, scale)
-        eps = g.const(epsilon, dtype=dtype, name=f"{label}.epsilon")
+        eps = g.const(epsilon, dtype=_np_dtype(scale), name=f"{label}.epsilon")
         std = g.op(
             "Sqrt", [g.op("Add", [channel(var, "var"), eps], f"{label}.var_eps")], f"{label}.std"
         )
@@ -164,48 +142,49 @@ class DecomposeBatchNorm(GraphPass):
         shift = g.op("Mul", [channel(mean, "mean"), new_scale], f"{label}.mean_scaled")
         new_bias = g.op("Sub", [channel(bias, "bias"), shift], f"{label}.new_bias")
         scaled = g.op("Mul", [x, new_scale], f"{label}.scaled")
-        g.op("Add", [scaled, new_bias], label, output=node.output[0])
+        return g.op("Add", [scaled, new_bias], label)
 
     def _training(
         self,
-        model: onnx.ModelProto,
-        node: onnx.NodeProto,
-        g: GraphBuilder,
+        model: ir.Model,
+        node: ir.Node,
+        g: IRBuilder,
         rank: int,
         label: str,
         epsilon: float,
         momentum: float,
-    ) -> None:
-        x, scale, bias, mean, var = node.input[:5]
-        inits = {i.name for i in model.graph.initializer}
-        readers = {i for n in model.graph.node for i in n.input}
-        bad = [n for n in (mean, var) if n not in inits or n in self.running_stats]
+        state: list,
+    ) -> ir.Value:
+        x, scale, bias, mean, var = node.inputs[:5]
+        bad = [
+            v.name for v in (mean, var) if not v.is_initializer() or v.name in self.running_stats
+        ]
         if bad:
             raise BatchNormError(
                 f"BatchNormalization node {label!r} is in training mode, but its running "
                 f"statistics {bad} are not initializers of their own, so they cannot be "
                 "updated as state"
             )
-        read = [o for o in node.output[1:3] if o and o in readers]
+        read = [o.name for o in node.outputs[1:3] if o.uses() or o.is_graph_output()]
         if read:
             raise BatchNormError(
                 f"the running-statistic outputs {read} of BatchNormalization node {label!r} "
                 "are read by other nodes; only the normalized output can be used"
             )
-        dtype = _elem_np_dtype(model, scale)
-        axes = g.const([0, *range(2, rank)], dtype=np.int64, name=f"{label}.stat_axes")
+        dtype = _np_dtype(scale)
+        axis_list = [0, *range(2, rank)]
+        axes = g.const(axis_list, dtype=np.int64, name=f"{label}.stat_axes")
         per_channel = g.const(
             [-1] + [1] * (rank - 2), dtype=np.int64, name=f"{label}.channel_shape"
         )
 
-        def channel(name: str, what: str) -> str:
-            return g.op("Reshape", [name, per_channel], f"{label}.{what}")
+        def channel(v: ir.Value, what: str) -> ir.Value:
+            return g.op("Reshape", [v, per_channel], f"{label}.{what}")
 
         # ReduceMean takes its axes as an input from opset 18, as an attribute before.
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-        axis_list = [0, *range(2, rank)]
+        opset = default_opset(model, missing=1)
 
-        def mean_over_batch(t: str, name: str) -> str:
+        def mean_over_batch(t: ir.Value, name: str) -> ir.Value:
             if opset >= 18:
                 return g.op("ReduceMean", [t, axes], name, keepdims=1)
             return g.op("ReduceMean", [t], name, axes=axis_list, keepdims=1)
@@ -218,7 +197,7 @@ class DecomposeBatchNorm(GraphPass):
         std = g.op("Sqrt", [g.op("Add", [batch_var, eps], f"{label}.var_eps")], f"{label}.std")
         normed = g.op("Div", [centered, std], f"{label}.normalized")
         scaled = g.op("Mul", [normed, channel(scale, "scale")], f"{label}.scaled")
-        g.op("Add", [scaled, channel(bias, "bias")], label, output=node.output[0])
+        y = g.op("Add", [scaled, channel(bias, "bias")], label)
 
         # running statistics (no gradient flows here: nothing the loss reads depends on them)
         flat = g.const([-1], dtype=np.int64, name=f"{label}.flat")
@@ -231,7 +210,7 @@ class DecomposeBatchNorm(GraphPass):
             f"{label}.count",
             keepdims=0,
         )
-        n = g.op("Cast", [count], f"{label}.count_float", to=helper.np_dtype_to_tensor_dtype(dtype))
+        n = g.op("Cast", [count], f"{label}.count_float", to=ir.DataType.from_numpy(dtype))
         one = g.const(1.0, dtype=dtype, name=f"{label}.one")
         correction = g.op(
             "Div", [n, g.op("Sub", [n, one], f"{label}.count_minus_1")], f"{label}.bessel"
@@ -243,78 +222,42 @@ class DecomposeBatchNorm(GraphPass):
             b = g.op("Reshape", [batch, flat], f"{label}.batch_{what}_flat")
             if fix is not None:
                 b = g.op("Mul", [b, fix], f"{label}.batch_{what}_unbiased")
-            new = g.op(
-                "Add",
-                [
-                    g.op("Mul", [stat, mom], f"{label}.running_{what}_kept"),
-                    g.op("Mul", [b, rest], f"{label}.running_{what}_new"),
-                ],
-                f"{stat}.updated",
-                output=g.reserve(f"{stat}.updated"),
-            )
-            self.running_stats.append(stat)
-            t = next(i for i in model.graph.initializer if i.name == stat)
-            self._state_outputs.append(helper.make_tensor_value_info(new, t.data_type, t.dims))
+            kept = g.op("Mul", [stat, mom], f"{label}.running_{what}_kept")
+            added = g.op("Mul", [b, rest], f"{label}.running_{what}_new")
+            name = g.reserve(f"{stat.name}.updated")
+            new = g.op("Add", [kept, added], name, output=name)
+            new.type, new.shape = ir.TensorType(stat.const_value.dtype), stat.const_value.shape
+            self.running_stats.append(stat.name)
+            state.append((stat, new))
+        return y
 
 
-def in_training_mode(model: onnx.ModelProto) -> bool:
-    """True when a BatchNormalization or Dropout node of the main graph is in training mode."""
-    consts = {i.name for i in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "BatchNormalization":
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            if int(attrs.get("training_mode", 0)) or any(node.output[1:3]):
-                return True
-        if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
-            if node.input[2] not in consts or _truthy(model, node.input[2]):
-                return True
-    return False
-
-
-def _truthy(model: onnx.ModelProto, name: str) -> bool:
-    from onnx import numpy_helper
-
-    for init in model.graph.initializer:
-        if init.name == name:
-            return bool(np.asarray(numpy_helper.to_array(init)).any())
-    return True
-
-
-def to_eval_mode(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_eval_mode(model: ir.Model) -> ir.Model:
     """A copy of ``model`` as torch's ``eval()`` runs it: BatchNormalization on its running
     statistics (``training_mode`` 0, the running-statistic outputs dropped) and Dropout as the
-    identity (its ``training_mode`` input removed). Other nodes are unchanged."""
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    read = {i for n in out.graph.node for i in n.input} | {o.name for o in out.graph.output}
-    for node in out.graph.node:
+    identity (its ``training_mode`` input removed). Other nodes are unchanged; the copy shares
+    the tensors of ``model``."""
+    out = model.clone()
+    graph = out.graph
+    was_read = {name for name, v in graph.initializers.items() if v.uses()}
+    for node in list(graph):
         if node.op_type == "BatchNormalization":
-            keep = [a for a in node.attribute if a.name != "training_mode"]
-            del node.attribute[:]
-            node.attribute.extend(keep)
-            del node.output[1:]
+            node.attributes.pop("training_mode", None)
+            if not any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+                node.resize_outputs(1)  # (read ones are refused by DecomposeBatchNorm)
         elif node.op_type == "Dropout":
-            if len(node.output) > 1 and node.output[1] and node.output[1] in read:
-                del node.input[2:]  # the mask is read: an inference-mode Dropout (all ones)
+            mask = node.outputs[1] if len(node.outputs) > 1 else None
+            if mask is not None and mask.name and (mask.uses() or mask.is_graph_output()):
+                node.resize_inputs(2)  # the mask is read: an inference-mode Dropout (all ones)
             else:  # absent: the identity
-                node.op_type = "Identity"
-                del node.input[1:]
-                del node.output[1:]
-                del node.attribute[:]
+                identity = ir.Node("", "Identity", [node.inputs[0]], name=node.name)
+                replace_node(
+                    graph, node, [identity], [identity.outputs[0], None][: len(node.outputs)]
+                )
     # Initializers only the removed inputs read (a Dropout's ratio and training_mode) go too:
     # nothing else holds their values once the training graph has replaced the node.
-    still = {i for n in out.graph.node for i in n.input} | {o.name for o in out.graph.output}
-    keep = [i for i in out.graph.initializer if i.name in still or i.name not in read]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(keep)
+    for name in was_read:
+        value = graph.initializers[name]
+        if not value.uses() and not value.is_graph_output():
+            graph.initializers.pop(name)
     return out
-
-
-def _elem_np_dtype(model: onnx.ModelProto, name: str) -> np.dtype:
-    for init in model.graph.initializer:
-        if init.name == name:
-            return np.dtype(helper.tensor_dtype_to_np_dtype(init.data_type))
-    for vi in model.graph.input:
-        if vi.name == name:
-            return np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
-    return np.dtype(np.float32)

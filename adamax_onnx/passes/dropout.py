@@ -24,11 +24,11 @@ nodes in inference mode (no ``training_mode`` input, or a constant false) are le
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
 
-from .base import GraphPass, PassResult
-from .builder import GraphBuilder
+from .infra import BuildPass
+from .irbuild import IRBuilder, constant, default_opset, inferred, replace_node
 
 __all__ = ["SeededDropout", "SEED", "dropout_keep", "DropoutError"]
 
@@ -57,21 +57,85 @@ def dropout_keep(shape, ratio: float, seed: int, node: int = 0) -> np.ndarray:
     return u >= np.float32(ratio)
 
 
-def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            for a in node.attribute:
-                if a.name == "value":
-                    return numpy_helper.to_array(a.t)
-                if a.name in ("value_float", "value_int"):
-                    return np.asarray(helper.get_attribute_value(a))
-    return None
+def _training_dropouts(graph: ir.Graph) -> list[tuple[ir.Node, str, float]]:
+    """(node, label, ratio) of every Dropout node in training mode, in graph order."""
+    targets = []
+    for node in graph:
+        if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
+            continue
+        label = node.name or node.outputs[0].name
+        mode_in = node.inputs[2] if len(node.inputs) > 2 else None
+        if mode_in is None:
+            continue
+        mode = constant(mode_in)
+        if mode is None:
+            raise DropoutError(
+                f"Dropout node {label!r}: its training_mode input {mode_in.name!r} is not a "
+                "constant"
+            )
+        if not bool(np.asarray(mode).any()):
+            continue
+        ratio = 0.5
+        ratio_in = node.inputs[1] if len(node.inputs) > 1 else None
+        if ratio_in is not None:
+            value = constant(ratio_in)
+            if value is None:
+                raise DropoutError(
+                    f"Dropout node {label!r}: its ratio {ratio_in.name!r} is not a constant"
+                )
+            ratio = float(np.asarray(value))
+        targets.append((node, label, ratio))
+    return targets
 
 
-class SeededDropout(GraphPass):
+class _Hash:
+    """The graph form of :func:`_hash32_np`, with the constants it shares."""
+
+    def __init__(self, g: IRBuilder) -> None:
+        self.g = g
+        self.one = g.const(1, dtype=np.int64, name="dropout.one")
+        self.m32 = g.const(_M32, dtype=np.int64, name="dropout.m32")
+        self.shift = g.const(65536, dtype=np.int64, name="dropout.shift16")
+
+    def xorshift(self, h: ir.Value, label: str) -> ir.Value:
+        g = self.g
+        return g.op("BitwiseXor", [h, g.op("Div", [h, self.shift], f"{label}.hi")], f"{label}.mix")
+
+    def mod32(self, x: ir.Value, label: str) -> ir.Value:
+        return self.g.op("Mod", [x, self.m32], label, fmod=0)
+
+    def __call__(self, h: ir.Value, label: str) -> ir.Value:
+        g = self.g
+        for r, k in enumerate(_ROUNDS):
+            mixed = self.xorshift(h, f"{label}.{r}")
+            k_value = g.const(k, dtype=np.int64, name=f"dropout.k{r}")
+            h = self.mod32(g.op("Mul", [mixed, k_value], f"{label}.mul{r}"), f"{label}.h{r}")
+        return self.xorshift(h, f"{label}.last")
+
+
+def _uniform(
+    g: IRBuilder, hash32: _Hash, seed: ir.Value, x: ir.Value, j: int, label: str
+) -> ir.Value:
+    """The float32 draws in [0, 1), the shape of ``x``, of node ``j`` at state ``seed``."""
+    shape = g.op("Shape", [x], f"{label}.shape")
+    size = g.op("ReduceProd", [shape], f"{label}.size", keepdims=0)
+    zero = g.const(0, dtype=np.int64, name="dropout.zero")
+    flat = g.op("Range", [zero, size, hash32.one], f"{label}.index")
+    index = g.op("Reshape", [flat, shape], f"{label}.index_shaped")
+    salt = g.const(j, dtype=np.int64, name=f"{label}.node_index")
+    mult = g.const(65599, dtype=np.int64, name="dropout.seed_mult")
+    scaled = g.op("Mul", [seed, mult], f"{label}.seed_scaled")
+    key_in = hash32.mod32(g.op("Add", [scaled, salt], f"{label}.seed_node"), f"{label}.seed_mod")
+    key = hash32(key_in, f"{label}.key")
+    keyed = g.op("Add", [hash32(index, f"{label}.idx"), key], f"{label}.keyed")
+    h = hash32(hash32.mod32(keyed, f"{label}.keyed_mod"), f"{label}.draw")
+    h_double = g.op("Cast", [h], f"{label}.h_double", to=ir.DataType.DOUBLE)
+    m32 = g.const(float(_M32), dtype=np.float64, name="dropout.m32_double")
+    u_double = g.op("Div", [h_double, m32], f"{label}.u_double")
+    return g.op("Cast", [u_double], f"{label}.uniform", to=ir.DataType.FLOAT)
+
+
+class SeededDropout(BuildPass):
     """Rewrite Dropout nodes in training mode (see the module doc).
 
     Args:
@@ -86,157 +150,49 @@ class SeededDropout(GraphPass):
         self.seed = int(seed)
         self.state: list[str] = []
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         self.state = []
-        targets = []
-        for node in graph.node:
-            if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
-                continue
-            label = node.name or node.output[0]
-            if len(node.input) < 3 or not node.input[2]:
-                continue
-            mode = _constant(model, node.input[2])
-            if mode is None:
-                raise DropoutError(
-                    f"Dropout node {label!r}: its training_mode input {node.input[2]!r} is not a "
-                    "constant"
-                )
-            if not bool(np.asarray(mode).any()):
-                continue
-            ratio = 0.5
-            if len(node.input) > 1 and node.input[1]:
-                value = _constant(model, node.input[1])
-                if value is None:
-                    raise DropoutError(
-                        f"Dropout node {label!r}: its ratio {node.input[1]!r} is not a constant"
-                    )
-                ratio = float(np.asarray(value))
-            targets.append((node, label, ratio))
+        targets = _training_dropouts(graph)
         if not targets:
             return PassResult(model, False)
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        opset = default_opset(model)
         if opset < 18:
             raise DropoutError(
                 f"Dropout node {targets[0][1]!r} is in training mode, and its seeded mask needs "
                 f"BitwiseXor (opset 18); the model has opset {opset}: export it at opset 18 "
                 "(adamax_onnx.from_torch does), or in eval mode"
             )
-
-        taken = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-        taken |= {o for n in graph.node for o in n.output} | {n.name for n in graph.node}
-        g = GraphBuilder(taken)
-        seed = g.reserve(SEED)
+        facts = inferred(model) if any(n.inputs[0].dtype is None for n, _, _ in targets) else {}
+        g = IRBuilder(graph)
+        seed_value = ir.tensor(np.array(self.seed, np.int64), name=g.reserve(SEED))
+        seed = ir.Value(name=SEED, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
+        seed.const_value = seed_value
         g.reserve(f"{SEED}.updated")
-        one = g.const(1, dtype=np.int64, name="dropout.one")
-        g.op("Add", [seed, one], f"{SEED}.updated", output=f"{SEED}.updated")
-        m32 = g.const(_M32, dtype=np.int64, name="dropout.m32")
-        shift = g.const(65536, dtype=np.int64, name="dropout.shift16")
-
-        def xorshift(h: str, label: str) -> str:
-            return g.op("BitwiseXor", [h, g.op("Div", [h, shift], f"{label}.hi")], f"{label}.mix")
-
-        def hash32(h: str, label: str) -> str:
-            for r, k in enumerate(_ROUNDS):
-                mixed = xorshift(h, f"{label}.{r}")
-                prod = g.op(
-                    "Mul",
-                    [mixed, g.const(k, dtype=np.int64, name=f"dropout.k{r}")],
-                    f"{label}.mul{r}",
-                )
-                h = g.op("Mod", [prod, m32], f"{label}.h{r}", fmod=0)
-            return xorshift(h, f"{label}.last")
-
-        replaced: dict[int, list[onnx.NodeProto]] = {}
+        hash32 = _Hash(g)
+        advanced = g.op("Add", [seed, hash32.one], f"{SEED}.updated", output=f"{SEED}.updated")
+        graph.insert_before(next(iter(graph)), g.nodes)  # the state update comes first
         for j, (node, label, ratio) in enumerate(targets):
-            start = len(g.nodes)
-            x = node.input[0]
-            elem = _elem_type(model, x)
-            shape = g.op("Shape", [x], f"{label}.shape")
-            size = g.op("ReduceProd", [shape], f"{label}.size", keepdims=0)
-            zero = g.const(0, dtype=np.int64, name="dropout.zero")
-            flat = g.op("Range", [zero, size, one], f"{label}.index")
-            index = g.op("Reshape", [flat, shape], f"{label}.index_shaped")
-            salt = g.const(j, dtype=np.int64, name=f"{label}.node_index")
-            mult = g.const(65599, dtype=np.int64, name="dropout.seed_mult")
-            key_in = g.op(
-                "Mod",
-                [
-                    g.op(
-                        "Add",
-                        [g.op("Mul", [seed, mult], f"{label}.seed_scaled"), salt],
-                        f"{label}.seed_node",
-                    ),
-                    m32,
-                ],
-                f"{label}.seed_mod",
-                fmod=0,
-            )
-            key = hash32(key_in, f"{label}.key")
-            h = g.op(
-                "Mod",
-                [g.op("Add", [hash32(index, f"{label}.idx"), key], f"{label}.keyed"), m32],
-                f"{label}.keyed_mod",
-                fmod=0,
-            )
-            h = hash32(h, f"{label}.draw")
-            u = g.op(
-                "Cast",
-                [
-                    g.op(
-                        "Div",
-                        [
-                            g.op("Cast", [h], f"{label}.h_double", to=TensorProto.DOUBLE),
-                            g.const(float(_M32), dtype=np.float64, name="dropout.m32_double"),
-                        ],
-                        f"{label}.u_double",
-                    )
-                ],
-                f"{label}.uniform",
-                to=TensorProto.FLOAT,
-            )
-            keep = g.op(
-                "GreaterOrEqual",
-                [u, g.const(ratio, dtype=np.float32, name=f"{label}.ratio")],
-                f"{label}.keep",
-            )
-            np_dtype = helper.tensor_dtype_to_np_dtype(elem)
+            g.nodes = []
+            x = node.inputs[0]
+            known = facts.get(x.name) if x.dtype is None else x
+            elem = known.dtype if known is not None and known.dtype else ir.DataType.FLOAT
+            u = _uniform(g, hash32, seed, x, j, label)
+            ratio_value = g.const(ratio, dtype=np.float32, name=f"{label}.ratio")
+            keep = g.op("GreaterOrEqual", [u, ratio_value], f"{label}.keep")
             scale = 0.0 if ratio >= 1.0 else 1.0 / (1.0 - ratio)
-            kept = g.op(
-                "Mul",
-                [x, g.op("Cast", [keep], f"{label}.keep_float", to=elem)],
-                f"{label}.kept",
-            )
-            g.op(
-                "Mul",
-                [kept, g.const(scale, dtype=np_dtype, name=f"{label}.scale")],
-                label,
-                output=node.output[0],
-            )
-            if len(node.output) > 1 and node.output[1]:
-                g.op("Identity", [keep], f"{label}.mask", output=node.output[1])
-            replaced[id(node)] = g.nodes[start:]
-        prelude = g.nodes[: len(g.nodes) - sum(len(v) for v in replaced.values())]
-        new_nodes: list[onnx.NodeProto] = list(prelude)
-        for node in graph.node:
-            new_nodes.extend(replaced.get(id(node), [node]))
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        graph.initializer.extend(g.initializers)
-        graph.initializer.append(numpy_helper.from_array(np.array(self.seed, np.int64), SEED))
-        graph.input.append(helper.make_tensor_value_info(SEED, TensorProto.INT64, []))
-        graph.output.append(helper.make_tensor_value_info(f"{SEED}.updated", TensorProto.INT64, []))
+            mask = g.op("Cast", [keep], f"{label}.keep_float", to=elem)
+            kept = g.op("Mul", [x, mask], f"{label}.kept")
+            scale_value = g.const(scale, dtype=elem.numpy(), name=f"{label}.scale")
+            y = g.op("Mul", [kept, scale_value], label)
+            outputs = [y]
+            if len(node.outputs) > 1 and node.outputs[1].name:
+                outputs.append(g.op("Identity", [keep], f"{label}.mask"))
+            outputs += [None] * (len(node.outputs) - len(outputs))
+            replace_node(graph, node, g.nodes, outputs)
+        graph.register_initializer(seed)
+        graph.inputs.append(seed)
+        advanced.type, advanced.shape = ir.TensorType(ir.DataType.INT64), ir.Shape([])
+        graph.outputs.append(advanced)
         self.state = [SEED]
         return PassResult(model, True)
-
-
-def _elem_type(model: onnx.ModelProto, name: str) -> int:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
-        inferred = model
-    g = inferred.graph
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
-        if vi.name == name and vi.type.tensor_type.elem_type:
-            return vi.type.tensor_type.elem_type
-    return TensorProto.FLOAT

@@ -132,8 +132,18 @@ def to_ir(model: onnx.ModelProto) -> ir.Model:
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
-    """A new ``ModelProto`` of ``model`` (tensors copied)."""
-    return ir.serde.serialize_model(model)
+    """A new ``ModelProto`` of ``model`` (tensors copied).
+
+    Initializers get no ``value_info`` (onnx_ir writes one for each): the tensor states its
+    type and shape, and a pass-through build leaves the file as it was.
+    """
+    proto = ir.serde.serialize_model(model)
+    inits = {i.name for i in proto.graph.initializer}
+    if any(vi.name in inits for vi in proto.graph.value_info):
+        kept = [vi for vi in proto.graph.value_info if vi.name not in inits]
+        del proto.graph.value_info[:]
+        proto.graph.value_info.extend(kept)
+    return proto
 
 
 def _convert(model: ir.Model | onnx.ModelProto, form: Form) -> ir.Model | onnx.ModelProto:

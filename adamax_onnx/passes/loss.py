@@ -25,11 +25,12 @@ scalar.
 
 from __future__ import annotations
 
-import onnx
-from onnx import TensorProto, helper
+import onnx_ir as ir
+from onnx import TensorProto
+from onnx_ir.passes import PassResult
 
-from .base import GraphPass, PassResult
-from .builder import GraphBuilder
+from .infra import BuildPass
+from .irbuild import IRBuilder, inferred, sorted_attributes
 
 __all__ = ["AttachLoss", "LOSS_NAME", "LOG_PROB_NAME", "SCORES_NAME", "DEFAULT_IGNORE_INDEX"]
 
@@ -39,52 +40,47 @@ SCORES_NAME = "loss.scores"
 #: torch's and Hugging Face's ignore_index, the default of token-level cross entropy.
 DEFAULT_IGNORE_INDEX = -100
 
-_FLOATS = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+_FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 
 
-def _dims(vi: onnx.ValueInfoProto) -> list | None:
-    """Dims of a value info (int, str or None each), None when its rank is unknown."""
-    t = vi.type.tensor_type
-    if not t.HasField("shape"):
+def _dims(v: ir.Value) -> list | None:
+    """Dims of a value (int, str or None each), None when its rank is unknown."""
+    if v.shape is None:
         return None
-    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+    return [d if isinstance(d, int) else d.value for d in v.shape]
 
 
-def _describe(vi: onnx.ValueInfoProto) -> str:
-    t = vi.type
-    if not t.HasField("tensor_type"):
-        return f"a non-tensor value ({t.WhichOneof('value')})"
-    elem = TensorProto.DataType.Name(t.tensor_type.elem_type)
-    dims = _dims(vi)
+def _describe(v: ir.Value) -> str:
+    if v.type is not None and not isinstance(v.type, ir.TensorType):
+        kind = ir.serde.serialize_type(v.type).WhichOneof("value")
+        return f"a non-tensor value ({kind})"
+    elem = TensorProto.DataType.Name(int(v.dtype) if v.dtype is not None else 0)
+    dims = _dims(v)
     shape = (
         "unknown shape" if dims is None else f"shape {[d if d is not None else '?' for d in dims]}"
     )
     return f"type {elem}, {shape}"
 
 
-def _inferred(model: onnx.ModelProto, name: str, vi: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
-    """``vi`` completed by ONNX shape inference where its type or shape is missing."""
-    t = vi.type.tensor_type
-    if vi.type.HasField("tensor_type") and t.elem_type and t.HasField("shape"):
-        return vi
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:
-        return vi
-    for cand in list(inferred.graph.output) + list(inferred.graph.value_info):
-        if cand.name == name and cand.type.HasField("tensor_type"):
-            out = onnx.ValueInfoProto()
-            out.CopyFrom(vi)
-            ct = cand.type.tensor_type
-            if not t.elem_type and ct.elem_type:
-                out.type.tensor_type.elem_type = ct.elem_type
-            if not t.HasField("shape") and ct.HasField("shape"):
-                out.type.tensor_type.shape.CopyFrom(ct.shape)
-            return out
-    return vi
+def _completed(model: ir.Model, v: ir.Value) -> ir.Value:
+    """A value standing for ``v``, its type or shape completed by ONNX shape inference where
+    ``v`` does not state it (``v`` itself, when it states both)."""
+    if isinstance(v.type, ir.TensorType) and v.dtype != ir.DataType.UNDEFINED:
+        if v.shape is not None:
+            return v
+    if v.type is not None and not isinstance(v.type, ir.TensorType):
+        return v
+    found = inferred(model).get(v.name)
+    if found is None or not isinstance(found.type, ir.TensorType):
+        return v
+    return ir.Value(
+        name=v.name,
+        type=v.type if v.dtype not in (None, ir.DataType.UNDEFINED) else found.type,
+        shape=v.shape if v.shape is not None else found.shape,
+    )
 
 
-class AttachLoss(GraphPass):
+class AttachLoss(BuildPass):
     """Attach ``loss`` ("cross_entropy", "mse" or an existing output name) to the graph.
 
     Args:
@@ -117,59 +113,26 @@ class AttachLoss(GraphPass):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{name} must be an int or None, got {value!r}")
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         self._check_options()
         graph = model.graph
-        outputs = {o.name: o for o in graph.output}
+        outputs = {o.name: o for o in graph.outputs}
         if self.loss not in ("cross_entropy", "mse"):
-            if self.loss not in outputs:
-                raise ValueError(
-                    f"loss {self.loss!r} is neither 'cross_entropy', 'mse' nor an output of the "
-                    f"model (outputs: {sorted(outputs)})"
-                )
-            dims = outputs[self.loss].type.tensor_type.shape.dim
-            if outputs[self.loss].type.tensor_type.HasField("shape") and (
-                len(dims) > 1 or (len(dims) == 1 and dims[0].dim_value != 1)
-            ):
-                raise ValueError(
-                    f"loss output {self.loss!r} must be a scalar, but its shape is "
-                    f"{[d.dim_value or d.dim_param for d in dims]}"
-                )
-            vi = _inferred(model, self.loss, outputs[self.loss])
-            elem = vi.type.tensor_type.elem_type if vi.type.HasField("tensor_type") else -1
-            if elem and elem not in _FLOATS:
-                raise ValueError(
-                    f"loss output {self.loss!r} has {_describe(vi)}; a loss must be a float scalar"
-                )
-            rest = [o for o in graph.output if o.name != self.loss]
-            del graph.output[:]
-            graph.output.extend([outputs[self.loss], *rest])
+            self._check_named_loss(model, outputs)
+            rest = [o for o in graph.outputs if o.name != self.loss]
+            graph.outputs[:] = [outputs[self.loss], *rest]
             return PassResult(model, True)
-
-        if self.output is None:
-            if len(graph.output) != 1:
-                raise ValueError(
-                    f"the model has {len(graph.output)} outputs {sorted(outputs)}; "
-                    "name the one the loss reads with output=..."
-                )
-            target = graph.output[0]
-        elif self.output not in outputs:
-            raise ValueError(
-                f"output {self.output!r} is not an output of the model ({sorted(outputs)})"
-            )
-        else:
-            target = outputs[self.output]
-        taken = {i.name for i in graph.input} | set(outputs) | {i.name for i in graph.initializer}
-        taken |= {o for n in graph.node for o in n.output}
+        target = self._target(outputs)
+        taken = {v.name for v in graph.inputs} | set(outputs) | set(graph.initializers)
+        taken |= {o.name for n in graph for o in n.outputs}
         if self.label in taken:
             raise ValueError(f"label name {self.label!r} is already used in the model")
-        g = GraphBuilder(taken)
+        g = IRBuilder(graph)
         g.reserve(self.label)
         g.reserve(LOSS_NAME)
-        target = _inferred(model, target.name, target)
-        t = target.type.tensor_type
+        target = _completed(model, target)
         dims = _dims(target)
-        if not target.type.HasField("tensor_type") or t.elem_type not in _FLOATS:
+        if not isinstance(target.type, ir.TensorType) or target.dtype not in _FLOATS:
             raise ValueError(
                 f"loss {self.loss!r} reads output {target.name!r}, which has "
                 f"{_describe(target)}; it needs float scores (float, double, float16, bfloat16)"
@@ -185,79 +148,117 @@ class AttachLoss(GraphPass):
                     else ""
                 )
             )
-        logits = target.name
-        loss_type = t.elem_type
-        if t.elem_type in (TensorProto.FLOAT16, TensorProto.BFLOAT16):
+        logits = outputs[target.name]
+        loss_type = target.dtype
+        if loss_type in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
             # As MindSpore's amp does: a half-precision network output is cast to float32 and
             # the loss is computed in float32 (the gradient builder also seeds in float32).
-            logits = g.op("Cast", [target.name], "loss.output_float32", to=TensorProto.FLOAT)
-            loss_type = TensorProto.FLOAT
+            logits = g.op("Cast", [logits], "loss.output_float32", to=ir.DataType.FLOAT)
+            loss_type = ir.DataType.FLOAT
         if self.loss == "cross_entropy":
-            rank = len(dims)
-            ignore = self.ignore_index
-            attrs: dict = {"reduction": "mean"}
-            axis = self.class_axis
-            if axis is None:
-                if rank > 3:
-                    raise ValueError(
-                        f"loss 'cross_entropy' reads output {target.name!r} of "
-                        f"{_describe(target)}: with rank {rank} the class axis is ambiguous; "
-                        "say class_axis=1 (torch's and ONNX's [B, C, H, W] layout, labels "
-                        "[B, H, W]) or class_axis=-1 (classes last, labels [B, H, W])"
-                    )
-                axis = 1 if rank == 2 else rank - 1
-            elif not -rank <= axis < rank or axis % rank == 0:
-                raise ValueError(
-                    f"class_axis {axis} is not a class axis of output {target.name!r} "
-                    f"({_describe(target)}): it must be one of 1..{rank - 1} (or negative)"
-                )
-            axis %= rank
-            label_dims = [
-                d if d is not None else (f"{self.label}_dim{i}" if i else "N")
-                for i, d in enumerate(dims)
-                if i != axis
-            ]
-            value_info = []
-            if rank > 2 and ignore is None:
-                ignore = DEFAULT_IGNORE_INDEX
-            if axis != 1:
-                # class axis last (torch/HF token level) -> ONNX's class axis 1
-                perm = [0, axis, *(i for i in range(1, rank) if i != axis)]
-                logits = g.op("Transpose", [logits], SCORES_NAME, perm=perm)
-                value_info.append(
-                    helper.make_tensor_value_info(logits, loss_type, [dims[i] for i in perm])
-                )
-            if ignore is not None:
-                attrs["ignore_index"] = int(ignore)
-            label_vi = helper.make_tensor_value_info(self.label, TensorProto.INT64, label_dims)
-            g.reserve(LOG_PROB_NAME)
-            g.nodes.append(
-                helper.make_node(
-                    "SoftmaxCrossEntropyLoss",
-                    [logits, self.label],
-                    [LOSS_NAME, LOG_PROB_NAME],
-                    name="loss/SoftmaxCrossEntropyLoss",
-                    **attrs,
-                )
-            )
-            graph.value_info.extend(value_info)
-            extra = [helper.make_tensor_value_info(LOG_PROB_NAME, loss_type, None)]
+            label, loss, extra = self._cross_entropy(g, target, logits, dims, loss_type)
         else:
-            label_vi = onnx.ValueInfoProto()
-            label_vi.CopyFrom(target)
-            label_vi.name = self.label
-            label = self.label
-            if loss_type != t.elem_type:
-                label = g.op("Cast", [self.label], "loss.label_float32", to=TensorProto.FLOAT)
-            diff = g.op("Sub", [logits, label], "loss.diff")
-            sq = g.op("Mul", [diff, diff], "loss.squared")
-            g.op("ReduceMean", [sq], "loss", output=LOSS_NAME, keepdims=0)
-            extra = []
-        graph.input.append(label_vi)
-        graph.node.extend(g.nodes)
-        graph.initializer.extend(g.initializers)
-        loss_vi = helper.make_tensor_value_info(LOSS_NAME, loss_type, [])
-        rest = list(graph.output)
-        del graph.output[:]
-        graph.output.extend([loss_vi, *rest, *extra])
+            label, loss, extra = self._mse(g, target, logits, loss_type)
+        graph.inputs.append(label)
+        graph.extend(g.nodes)
+        loss.type, loss.shape = ir.TensorType(loss_type), ir.Shape([])
+        graph.outputs[:] = [loss, *graph.outputs, *extra]
         return PassResult(model, True)
+
+    def _check_named_loss(self, model: ir.Model, outputs: dict[str, ir.Value]) -> None:
+        if self.loss not in outputs:
+            raise ValueError(
+                f"loss {self.loss!r} is neither 'cross_entropy', 'mse' nor an output of the "
+                f"model (outputs: {sorted(outputs)})"
+            )
+        dims = _dims(outputs[self.loss])
+        if dims is not None and (len(dims) > 1 or (len(dims) == 1 and dims[0] != 1)):
+            raise ValueError(
+                f"loss output {self.loss!r} must be a scalar, but its shape is "
+                f"{[d or '' for d in dims]}"
+            )
+        v = _completed(model, outputs[self.loss])
+        if isinstance(v.type, ir.TensorType):
+            elem = v.dtype
+        else:
+            elem = None if v.type is None else -1
+        if elem not in (None, ir.DataType.UNDEFINED) and elem not in _FLOATS:
+            raise ValueError(
+                f"loss output {self.loss!r} has {_describe(v)}; a loss must be a float scalar"
+            )
+
+    def _target(self, outputs: dict[str, ir.Value]) -> ir.Value:
+        if self.output is None:
+            if len(outputs) != 1:
+                raise ValueError(
+                    f"the model has {len(outputs)} outputs {sorted(outputs)}; "
+                    "name the one the loss reads with output=..."
+                )
+            return next(iter(outputs.values()))
+        if self.output not in outputs:
+            raise ValueError(
+                f"output {self.output!r} is not an output of the model ({sorted(outputs)})"
+            )
+        return outputs[self.output]
+
+    def _cross_entropy(self, g: IRBuilder, target: ir.Value, logits, dims, loss_type):
+        rank = len(dims)
+        ignore = self.ignore_index
+        attrs: dict = {"reduction": "mean"}
+        axis = self.class_axis
+        if axis is None:
+            if rank > 3:
+                raise ValueError(
+                    f"loss 'cross_entropy' reads output {target.name!r} of "
+                    f"{_describe(target)}: with rank {rank} the class axis is ambiguous; "
+                    "say class_axis=1 (torch's and ONNX's [B, C, H, W] layout, labels "
+                    "[B, H, W]) or class_axis=-1 (classes last, labels [B, H, W])"
+                )
+            axis = 1 if rank == 2 else rank - 1
+        elif not -rank <= axis < rank or axis % rank == 0:
+            raise ValueError(
+                f"class_axis {axis} is not a class axis of output {target.name!r} "
+                f"({_describe(target)}): it must be one of 1..{rank - 1} (or negative)"
+            )
+        axis %= rank
+        label_dims = [
+            d if d is not None else (f"{self.label}_dim{i}" if i else "N")
+            for i, d in enumerate(dims)
+            if i != axis
+        ]
+        if rank > 2 and ignore is None:
+            ignore = DEFAULT_IGNORE_INDEX
+        if axis != 1:
+            # class axis last (torch/HF token level) -> ONNX's class axis 1
+            perm = [0, axis, *(i for i in range(1, rank) if i != axis)]
+            logits = g.op("Transpose", [logits], SCORES_NAME, perm=perm)
+            logits.type, logits.shape = ir.TensorType(loss_type), ir.Shape([dims[i] for i in perm])
+        if ignore is not None:
+            attrs["ignore_index"] = int(ignore)
+        label = ir.Value(
+            name=self.label, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(label_dims)
+        )
+        g.reserve(LOG_PROB_NAME)
+        node = ir.Node(
+            "",
+            "SoftmaxCrossEntropyLoss",
+            [logits, label],
+            attributes=sorted_attributes(attrs),
+            num_outputs=2,
+            name="loss/SoftmaxCrossEntropyLoss",
+        )
+        loss, log_prob = node.outputs
+        loss.name, log_prob.name = LOSS_NAME, LOG_PROB_NAME
+        log_prob.type = ir.TensorType(loss_type)
+        g.nodes.append(node)
+        return label, loss, [log_prob]
+
+    def _mse(self, g: IRBuilder, target: ir.Value, logits, loss_type):
+        label = ir.Value(name=self.label, type=target.type, shape=target.shape)
+        label_float = label
+        if loss_type != target.dtype:
+            label_float = g.op("Cast", [label], "loss.label_float32", to=ir.DataType.FLOAT)
+        diff = g.op("Sub", [logits, label_float], "loss.diff")
+        sq = g.op("Mul", [diff, diff], "loss.squared")
+        loss = g.op("ReduceMean", [sq], "loss", output=LOSS_NAME, keepdims=0)
+        return label, loss, []

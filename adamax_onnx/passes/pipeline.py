@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import onnx
+import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
 from ..errors import GradientError, LoweringError, ModelError
@@ -30,7 +31,7 @@ from .contract import Contract, detach_initial_values, write_contract
 from .dropout import DropoutError, SeededDropout
 from .gradients import BuildGradients, GradientBuilder, GradientBuildError
 from .inference import embed_inference_graph
-from .infra import Pipeline, ProtoStep, Step, Translate
+from .infra import BuildPass, Pipeline, ProtoStep, Step, Translate
 from .loss import AttachLoss
 from .lowering import LowerToStandard, UnloweredOpsError
 from .sequences import SplitSequencesToSlices
@@ -85,31 +86,35 @@ def _warn_ties(retied: list, untied: list) -> None:
         )
 
 
-class RecordInference(Step):
+class RecordInference(BuildPass):
     """Check the parameters and record the inference model the training model is built from.
 
     ``check`` raises a ``ModelError`` for parameters that cannot be trained. Afterwards
     :attr:`inputs` / :attr:`outputs` are the model's own inputs (parameters excluded) and
-    outputs, :attr:`values` the parameters' initial values (:class:`BuildGradients` takes them
-    out of the graph, :class:`Finish` puts them back) and :attr:`eval_model` the model as
-    torch's ``eval()`` runs it (for export).
+    outputs, :meth:`values` gives the parameters' initial values (:class:`BuildGradients`
+    takes them out of the graph, :class:`Finish` puts them back) and :attr:`eval_model` is the
+    model as torch's ``eval()`` runs it (for export; it shares the model's tensors).
     """
 
-    form = "proto"
-    in_place = True
-    changes_input = True
-
-    def __init__(self, params: Sequence[str], check: Callable[[onnx.ModelProto], object]):
+    def __init__(self, params: Sequence[str], check: Callable[[ir.Model], object]) -> None:
         self.params, self.check = list(params), check
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         self.check(model)
-        inits = {i.name: i for i in model.graph.initializer}
-        self.inputs = [i.name for i in model.graph.input if i.name not in inits]
-        self.values = {p: inits[p] for p in self.params}
-        self.outputs = [o.name for o in model.graph.output]
+        graph = model.graph
+        self.inputs = [v.name for v in graph.inputs if not v.is_initializer()]
+        self.outputs = [v.name for v in graph.outputs]
+        self._tensors = {p: graph.initializers[p].const_value for p in self.params}
         self.eval_model = to_eval_mode(model)
         return PassResult(model, False)
+
+    def values(self) -> dict[str, onnx.TensorProto]:
+        """The parameters' initial values, by name."""
+        out = {}
+        for name, tensor in self._tensors.items():
+            out[name] = ir.serde.serialize_tensor(tensor)
+            out[name].name = name
+        return out
 
 
 class Finish(Step):
@@ -156,6 +161,11 @@ class Finish(Step):
         return PassResult(model, True)
 
 
+def _translated(step: Step, error: type[Exception], public: type[Exception]) -> Step:
+    step.translations = [Translate(error, public)]
+    return step
+
+
 def _lowering_failed(exc: Exception) -> str:
     return (
         f"{exc}. Build with portable=False to keep the onnxruntime-training form "
@@ -199,23 +209,16 @@ def training_pipeline(
     finish: Finish,
 ) -> Pipeline:
     """The steps of :func:`adamax_onnx.build_training_model`, in order (see the module doc)."""
-    to_model_error = [Translate(ValueError, ModelError)]
     gradients = BuildGradients(
         loss_name, optimizer.param_names, seed=optimizer.loss_scale, builder=gradient_builder
     )
     return Pipeline(
         untie,
         record,
-        ProtoStep(attach_loss.call, "AttachLoss", translations=to_model_error),
-        ProtoStep(SplitSequencesToSlices().call, "SplitSequencesToSlices"),
-        ProtoStep(
-            batchnorm.call,
-            "DecomposeBatchNorm",
-            translations=[Translate(BatchNormError, ModelError)],
-        ),
-        ProtoStep(
-            dropout.call, "SeededDropout", translations=[Translate(DropoutError, ModelError)]
-        ),
+        _translated(attach_loss, ValueError, ModelError),
+        SplitSequencesToSlices(),
+        _translated(batchnorm, BatchNormError, ModelError),
+        _translated(dropout, DropoutError, ModelError),
         ProtoStep(
             gradients.call,
             "BuildGradients",

@@ -14,98 +14,73 @@ Guarantees afterwards: every rewritten ``SequenceAt`` output is produced by a ``
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
 
-from .base import GraphPass, PassResult
-from .builder import GraphBuilder
+from .infra import BuildPass
+from .irbuild import IRBuilder, constant, replace_node
 
 __all__ = ["SplitSequencesToSlices"]
 
 
-def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    out = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for a in node.attribute:
-                if a.name == "value":
-                    out[node.output[0]] = numpy_helper.to_array(a.t)
-    return out
+def _bounds(split: np.ndarray | None, positions: list[np.ndarray | None]) -> list | None:
+    """(start, end) along the split axis of each read chunk; None if one is run-time."""
+    bounds = []
+    for pos in positions:
+        if pos is None or pos.size != 1:
+            return None
+        i = int(pos.reshape(-1)[0])
+        if split is None or split.ndim == 0:
+            size = 1 if split is None else int(split)
+            if i < 0:
+                return None  # needs the number of chunks, known only at run time
+            bounds.append((i * size, (i + 1) * size))
+        else:
+            sizes = [int(s) for s in split.reshape(-1)]
+            if not -len(sizes) <= i < len(sizes):
+                return None
+            i %= len(sizes)
+            start = sum(sizes[:i])
+            bounds.append((start, start + sizes[i]))
+    return bounds
 
 
-class SplitSequencesToSlices(GraphPass):
+class SplitSequencesToSlices(BuildPass):
     """Rewrite ``SequenceAt(SplitToSequence(x, split), i)`` with constant ``split``/``i``."""
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
-        consts = _constants(graph)
-        readers: dict[str, list[onnx.NodeProto]] = {}
-        for node in graph.node:
-            for name in node.input:
-                readers.setdefault(name, []).append(node)
-        outputs = {o.name for o in graph.output}
-        taken = {n for node in graph.node for n in [*node.input, *node.output, node.name]}
-        taken |= {i.name for i in graph.input} | {i.name for i in graph.initializer}
-        g = GraphBuilder(taken)
-        replace: dict[int, list[onnx.NodeProto]] = {}  # id(SequenceAt node) -> new nodes
-        drop: set[int] = set()
-        for node in graph.node:
+        g = IRBuilder(graph)
+        modified = False
+        for node in list(graph):
             if node.op_type != "SplitToSequence" or node.domain not in ("", "ai.onnx"):
                 continue
-            seq = node.output[0]
-            uses = readers.get(seq, [])
-            if seq in outputs or not uses or any(u.op_type != "SequenceAt" for u in uses):
+            seq = node.outputs[0]
+            uses = [use.node for use in seq.uses()]
+            if seq.is_graph_output() or not uses or any(u.op_type != "SequenceAt" for u in uses):
                 continue
-            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-            axis, keepdims = int(attrs.get("axis", 0)), int(attrs.get("keepdims", 1))
-            split = consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
-            if len(node.input) > 1 and node.input[1] and split is None:
+            axis = node.attributes.get_int("axis", 0)
+            keepdims = node.attributes.get_int("keepdims", 1)
+            split_in = node.inputs[1] if len(node.inputs) > 1 else None
+            split = constant(split_in)
+            if split_in is not None and split is None:
                 continue  # split sizes computed at run time
-            bounds = {}
-            for use in uses:
-                pos = consts.get(use.input[1])
-                if pos is None or pos.size != 1:
-                    break
-                i = int(pos.reshape(-1)[0])
-                if split is None or split.ndim == 0:
-                    size = 1 if split is None else int(split)
-                    if i < 0:
-                        break  # needs the number of chunks, known only at run time
-                    bounds[id(use)] = (i * size, (i + 1) * size)
-                else:
-                    sizes = [int(s) for s in split.reshape(-1)]
-                    if not -len(sizes) <= i < len(sizes):
-                        break
-                    i %= len(sizes)
-                    start = sum(sizes[:i])
-                    bounds[id(use)] = (start, start + sizes[i])
-            else:
-                squeeze = split is None and keepdims == 0
-                for use in uses:
-                    start, end = bounds[id(use)]
-                    base = use.name or use.output[0]
-                    before = len(g.nodes)
-                    ins = [
-                        node.input[0],
-                        g.const([start], np.int64, f"{base}.start"),
-                        g.const([end], np.int64, f"{base}.end"),
-                        g.const([axis], np.int64, f"{base}.axis"),
-                    ]
-                    if squeeze:
-                        sliced = g.op("Slice", ins, f"{base}/slice")
-                        g.op("Squeeze", [sliced, ins[3]], f"{base}/squeeze", output=use.output[0])
-                    else:
-                        g.op("Slice", ins, f"{base}/slice", output=use.output[0])
-                    replace[id(use)] = g.nodes[before:]
-                drop.add(id(node))
-        if not replace:
-            return PassResult(model, False)
-        new_nodes = []
-        for node in graph.node:
-            if id(node) in drop:
+            bounds = _bounds(split, [constant(u.inputs[1]) for u in uses])
+            if bounds is None:
                 continue
-            new_nodes.extend(replace.get(id(node), [node]))
-        del graph.node[:]
-        graph.node.extend(new_nodes)
-        graph.initializer.extend(g.initializers)
-        return PassResult(model, True)
+            for use, (start, end) in zip(uses, bounds, strict=True):
+                base = use.name or use.outputs[0].name
+                before = len(g.nodes)
+                ins = [
+                    node.inputs[0],
+                    g.const([start], np.int64, f"{base}.start"),
+                    g.const([end], np.int64, f"{base}.end"),
+                    g.const([axis], np.int64, f"{base}.axis"),
+                ]
+                out = g.op("Slice", ins, f"{base}/slice")
+                if split is None and keepdims == 0:
+                    out = g.op("Squeeze", [out, ins[3]], f"{base}/squeeze")
+                replace_node(graph, use, g.nodes[before:], [out])
+            graph.remove(node, safe=True)
+            modified = True
+        return PassResult(model, modified)

@@ -1,0 +1,172 @@
+"""Helpers for the passes on ``onnx_ir``: readable unique names, new nodes and constants, facts.
+
+:class:`IRBuilder` is :class:`passes.builder.GraphBuilder` for an ``onnx_ir.Graph``: every node
+and tensor it creates gets a readable name (``dropout.seed.updated``, ``bn1.new_scale``) that
+no value or node of the graph (subgraphs included) already has. :func:`replace_node` puts the
+nodes it built in the place of a node, outputs keeping their names, types and shapes.
+:func:`constant` reads the value of an initializer or ``Constant`` output, :func:`taken_names`
+lists every name in use, and :func:`inferred` gives every value with the type and shape ONNX
+shape inference finds (the one way the passes read facts a model does not state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+__all__ = [
+    "IRBuilder",
+    "taken_names",
+    "constant",
+    "replace_node",
+    "default_opset",
+    "inferred",
+    "without_values",
+    "sorted_attributes",
+]
+
+
+def sorted_attributes(attrs: dict) -> list[ir.Attr]:
+    """Attributes from Python values, by name (the order ``onnx.helper.make_node`` writes)."""
+    return ir.convenience.convert_attributes(dict(sorted(attrs.items())))
+
+
+def taken_names(graph: ir.Graph) -> set[str]:
+    """Names of every input, initializer, node output and node of ``graph`` and its subgraphs."""
+    names = {v.name for v in graph.inputs if v.name} | set(graph.initializers)
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        if node.name:
+            names.add(node.name)
+        names.update(v.name for v in node.outputs if v.name)
+    return names
+
+
+def constant(value: ir.Value | None) -> np.ndarray | None:
+    """The value of an initializer or ``Constant`` output, else None."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def inferred(model: ir.Model) -> dict[str, ir.Value]:
+    """Every value of ``model``'s main graph by name, typed and shaped by ONNX shape inference
+    (best effort, as far as it gets). The values belong to a copy: the model keeps only the
+    facts it states, so the built file does not fill up with value_info."""
+    copy = model.clone()  # nodes and values only: the tensors are shared
+    ShapeInferencePass(check_type=False, strict_mode=False, data_prop=False)(copy)
+    return ir.convenience.create_value_mapping(copy.graph)
+
+
+def without_values(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as a ``ModelProto`` whose initializers keep their name, type and dims but no
+    values (none is copied): the form :func:`passes.inference.embed_inference_graph` stores."""
+    copy = model.clone()
+    inits = copy.graph.initializers
+    facts = [
+        (v.name, int(v.const_value.dtype), v.const_value.shape.numpy()) for v in inits.values()
+    ]
+    inits.clear()  # the values stay, read by their nodes: only the tensors are left out
+    proto = ir.serde.serialize_model(copy)
+    for name, dtype, dims in facts:
+        proto.graph.initializer.add(name=name, data_type=dtype, dims=dims)
+    return proto
+
+
+def default_opset(model: ir.Model, missing: int = 0) -> int:
+    """The model's default-domain opset version (``missing`` when it declares none)."""
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", missing))
+
+
+def replace_node(graph: ir.Graph, node: ir.Node, new_nodes: Sequence[ir.Node], outputs) -> None:
+    """Put ``new_nodes`` where ``node`` is; ``outputs[k]`` (or None) takes its output ``k``'s
+    place: readers, graph outputs, name, type and shape."""
+    pairs = [(old, new) for old, new in zip(node.outputs, outputs, strict=True) if new is not None]
+    for old, new in pairs:
+        new.type = old.type if old.type is not None else new.type
+        new.shape = old.shape if old.shape is not None else new.shape
+    ir.convenience.replace_all_uses_with(
+        [o for o, _ in pairs], [n for _, n in pairs], replace_graph_outputs=True
+    )
+    graph.insert_before(node, new_nodes)
+    graph.remove(node, safe=True)
+    for old, new in pairs:
+        new.name = old.name
+
+
+class IRBuilder:
+    """Collects new nodes (in :attr:`nodes`) and registers constant initializers on ``graph``.
+
+    Args:
+        graph: the graph the constants are registered on; its names are never reused.
+        taken: further names to avoid (default: :func:`taken_names` of ``graph``).
+    """
+
+    def __init__(self, graph: ir.Graph, taken: Iterable[str] | None = None) -> None:
+        self.graph = graph
+        self.nodes: list[ir.Node] = []
+        self._taken: set[str] = set(taken_names(graph) if taken is None else taken)
+        self._consts: dict[tuple, ir.Value] = {}
+
+    def unique(self, name: str) -> str:
+        """``name`` itself, or ``name_1``, ``name_2``... if it is already taken."""
+        candidate, k = name, 0
+        while candidate in self._taken:
+            k += 1
+            candidate = f"{name}_{k}"
+        self._taken.add(candidate)
+        return candidate
+
+    def reserve(self, name: str) -> str:
+        """Claim an exact name (a graph input/output); raises if it is already used."""
+        if name in self._taken:
+            raise ValueError(f"tensor name {name!r} is already used in the graph")
+        self._taken.add(name)
+        return name
+
+    def const(self, value, dtype=np.float32, name: str = "const") -> ir.Value:
+        """A constant initializer; identical constants (value, dtype, shape) are shared."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self._consts:
+            self._consts[key] = self.initializer(arr, self.unique(name))
+        return self._consts[key]
+
+    def initializer(self, arr: np.ndarray, name: str) -> ir.Value:
+        """Register ``arr`` as the initializer ``name`` (an exact name) and return its value."""
+        tensor = ir.tensor(arr, name=name)
+        value = ir.Value(
+            name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor
+        )
+        self.graph.register_initializer(value)
+        return value
+
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[ir.Value | None],
+        name: str,
+        *,
+        output: str | None = None,
+        **attrs,
+    ) -> ir.Value:
+        """Append one single-output node; returns its output.
+
+        ``name`` is the readable base of both the node and its output; ``output`` gives an
+        exact output name (reserved beforehand, or the name of a value it replaces).
+        """
+        out = output if output is not None else self.unique(name)
+        node = ir.Node(
+            "",
+            op_type,
+            list(inputs),
+            attributes=sorted_attributes(attrs),
+            name=self.unique(f"{name}/{op_type}"),
+        )
+        node.outputs[0].name = out
+        self.nodes.append(node)
+        return node.outputs[0]
