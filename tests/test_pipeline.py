@@ -123,3 +123,28 @@ def test_the_built_model_matches_an_unchanged_input():
     first = ax.build_training_model(model, opt)
     assert model.SerializeToString() == before
     assert ax.build_training_model(model, opt).SerializeToString() == first.SerializeToString()
+
+
+def test_untying_leaves_the_callers_tensors_as_they_were():
+    """The untied copy is a new tensor: the input's TensorProto keeps its name and value."""
+    w = numpy_helper.from_array(np.arange(6, dtype=np.float32).reshape(3, 2), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["w"], ["w_alias"]),
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("MatMul", ["x", "w_alias"], ["h2"]),
+            helper.make_node("Add", ["h", "h2"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])],
+        [w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    with pytest.warns(UserWarning, match="untied 1 tensor"):
+        train = ax.build_training_model(model, ax.AdaMax(["w", "w_alias"]), loss="mse")
+    assert model.SerializeToString() == before
+    values = {i.name: numpy_helper.to_array(i) for i in train.graph.initializer}
+    for name in ("w.initial", "w_alias.initial"):
+        np.testing.assert_array_equal(values[name], np.arange(6, dtype=np.float32).reshape(3, 2))

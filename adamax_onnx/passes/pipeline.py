@@ -40,21 +40,17 @@ from .ties import RetieFoldedCopies, UntieTensors
 __all__ = ["training_pipeline", "optimizer_pipeline", "Untie", "RecordInference", "Finish"]
 
 
-class Untie(Step):
+class Untie(BuildPass):
     """Re-tie folded copies, then untie what training would corrupt (:mod:`passes.ties`).
 
     With ``warn``, one ``UserWarning`` names every tensor re-tied, and one every tensor
     untied. After the step, :attr:`untied` and :attr:`retied` list them.
     """
 
-    form = "proto"
-    in_place = True
-    changes_input = True
-
     def __init__(self, keep: Iterable[str] = (), warn: bool = True) -> None:
         self.keep, self.warn = set(keep), warn
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         retier, untier = RetieFoldedCopies(), UntieTensors(self.keep)
         modified = retier.call(model).modified
         modified = untier.call(model).modified or modified

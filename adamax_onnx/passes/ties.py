@@ -42,9 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
 
-from .base import GraphPass, PassResult
+from .infra import BuildPass, to_ir
 
 __all__ = [
     "Tie",
@@ -72,7 +73,7 @@ def is_generated_name(name: str) -> bool:
 #: ``adamax_onnx.from_torch`` for a layer the module applies twice; the build keeps them).
 KEEP_TIES_KEY = "adamax_onnx.keep_ties"
 
-_FLOATS = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+_FLOATS = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16}
 
 #: Normalization ops and the input slots that hold per-layer tensors (scale, bias, statistics).
 NORMALIZATION_OPS = {
@@ -111,11 +112,12 @@ class Tie:
         return f"{self.source!r} is shared by {self.detail} (copy: {self.tensor!r})"
 
 
-def _node_label(node: onnx.NodeProto, index: int) -> str:
-    return node.name or (node.output[0] if node.output and node.output[0] else f"#{index}")
+def _node_label(node: ir.Node, index: int) -> str:
+    out = node.outputs[0].name if node.outputs else None
+    return node.name or out or f"#{index}"
 
 
-def _slot_use(node: onnx.NodeProto, slot: int) -> str:
+def _slot_use(node: ir.Node, slot: int) -> str:
     what = NEVER_TRAINED_SLOTS.get(node.op_type, {}).get(slot)
     if what:
         return (
@@ -124,38 +126,37 @@ def _slot_use(node: onnx.NodeProto, slot: int) -> str:
     return f"input {slot} of {node.op_type} {node.name!r}"
 
 
-def _plan(model: onnx.ModelProto) -> list[tuple[Tie, list[tuple[int, int]]]]:
-    """Every tie with the (node index, input slot) uses a copy replaces (empty for aliases)."""
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer if i.data_type in _FLOATS}
-    outputs = {o.name for o in graph.output}
-    nodes = list(graph.node)
-    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
-    consumers: dict[str, list[tuple[int, int]]] = {}
-    for k, n in enumerate(nodes):
-        for slot, name in enumerate(n.input):
-            if name:
-                consumers.setdefault(name, []).append((k, slot))
+def _is_identity(node: ir.Node | None) -> bool:
+    return node is not None and node.op_type == "Identity" and node.domain in ("", "ai.onnx")
 
-    def root(name: str) -> str | None:
-        """The float initializer ``name`` is an Identity chain of, else None."""
+
+def _plan(graph: ir.Graph) -> list[tuple[Tie, list[tuple[ir.Node, int]]]]:
+    """Every tie with the (node, input slot) uses a copy replaces (empty for aliases)."""
+    inits = {n: v for n, v in graph.initializers.items() if v.const_value.dtype in _FLOATS}
+    nodes = list(graph)
+    order = {node: k for k, node in enumerate(nodes)}
+
+    def consumers(v: ir.Value) -> list[tuple[ir.Node, int]]:
+        """Main-graph readers of ``v``, in graph order."""
+        uses = [(u.node, u.idx) for u in v.uses() if u.node in order]
+        return sorted(uses, key=lambda u: (order[u[0]], u[1]))
+
+    def root(v: ir.Value) -> ir.Value | None:
+        """The float initializer ``v`` is an Identity chain of, else None."""
         seen = 0
-        while name not in inits:
-            k = producer.get(name)
-            if (
-                k is None
-                or nodes[k].op_type != "Identity"
-                or nodes[k].domain not in ("", "ai.onnx")
-            ):
+        while v.name not in inits or inits[v.name] is not v:
+            producer = v.producer()
+            if not _is_identity(producer) or producer not in order:
                 return None
-            name = nodes[k].input[0]
+            v = producer.inputs[0]
             seen += 1
-            if seen > len(nodes):
+            if v is None or seen > len(nodes):
                 return None
-        return name
+        return v
 
-    plan: list[tuple[Tie, list[tuple[int, int]]]] = []
-    taken = set(inits) | set(producer) | {i.name for i in graph.input}
+    plan: list[tuple[Tie, list[tuple[ir.Node, int]]]] = []
+    taken = set(inits) | {v.name for v in graph.inputs}
+    taken |= {o.name for n in nodes for o in n.outputs if o.name}
 
     def fresh(base: str) -> str:
         cand, j = base, 1
@@ -167,58 +168,65 @@ def _plan(model: onnx.ModelProto) -> list[tuple[Tie, list[tuple[int, int]]]]:
 
     # 1. Identity aliases of float initializers
     for n in nodes:
-        if n.op_type != "Identity" or n.domain not in ("", "ai.onnx") or not n.output[0]:
+        out = n.outputs[0] if n.outputs else None
+        if not _is_identity(n) or out is None or not out.name:
             continue
-        src = root(n.input[0])
-        if src is None or n.output[0] in outputs:
+        src = root(n.inputs[0]) if n.inputs and n.inputs[0] is not None else None
+        if src is None or out.is_graph_output():
             continue
-        uses = [
-            _slot_use(nodes[c], s)
-            for c, s in consumers.get(n.output[0], [])
-            if nodes[c].op_type != "Identity"
-        ]
+        uses = [_slot_use(c, s) for c, s in consumers(out) if c.op_type != "Identity"]
         frozen = [u for u in uses if any(w in u for w in ("running", "bound", "value of Pad"))]
         detail = frozen[0] if frozen else (uses[0] if uses else "unused")
-        plan.append((Tie("alias", n.output[0], src, detail), []))
+        plan.append((Tie("alias", out.name, src.name, detail), []))
 
     # Uses of each initializer after resolving aliases that stay (Identity chains are
     # rewritten away, so only direct uses count from here on).
-    def direct_uses(name: str) -> list[tuple[int, int]]:
-        return [(c, s) for c, s in consumers.get(name, []) if nodes[c].op_type != "Identity"]
+    def direct_uses(v: ir.Value) -> list[tuple[ir.Node, int]]:
+        return [(c, s) for c, s in consumers(v) if c.op_type != "Identity"]
 
     # 2. shared by several normalization layers
-    for name in inits:
-        norm_nodes: list[int] = []
-        for c, s in direct_uses(name):
-            node = nodes[c]
-            if s in NORMALIZATION_OPS.get(node.op_type, set()) and c not in norm_nodes:
+    for name, v in inits.items():
+        norm_nodes: list[ir.Node] = []
+        for c, s in direct_uses(v):
+            if s in NORMALIZATION_OPS.get(c.op_type, set()) and c not in norm_nodes:
                 norm_nodes.append(c)
         for c in norm_nodes[1:]:
-            label = _node_label(nodes[c], c)
-            copy = fresh(f"{name}.untied.{label}")
-            slots = [(c, s) for cc, s in direct_uses(name) if cc == c]
-            others = ", ".join(repr(_node_label(nodes[x], x)) for x in norm_nodes)
+            copy = fresh(f"{name}.untied.{_node_label(c, order[c])}")
+            slots = [(c, s) for cc, s in direct_uses(v) if cc is c]
+            others = ", ".join(repr(_node_label(x, order[x])) for x in norm_nodes)
             plan.append((Tie("shared_norm", copy, name, f"normalization nodes {others}"), slots))
 
     # 3. read by a never-trained slot and by a trained one
-    claimed = {(c, s) for _, uses in plan for c, s in uses}
-    for name in inits:
-        uses = [u for u in direct_uses(name) if u not in claimed]
-        frozen = [(c, s) for c, s in uses if s in NEVER_TRAINED_SLOTS.get(nodes[c].op_type, {})]
+    claimed = {(id(c), s) for _, uses in plan for c, s in uses}
+    for name, v in inits.items():
+        uses = [(c, s) for c, s in direct_uses(v) if (id(c), s) not in claimed]
+        frozen = [(c, s) for c, s in uses if s in NEVER_TRAINED_SLOTS.get(c.op_type, {})]
         if not frozen or len(frozen) == len(uses):
             continue
         for c, s in frozen:
-            copy = fresh(f"{name}.untied.{_node_label(nodes[c], c)}.{s}")
-            plan.append((Tie("frozen_slot", copy, name, _slot_use(nodes[c], s)), [(c, s)]))
+            copy = fresh(f"{name}.untied.{_node_label(c, order[c])}.{s}")
+            plan.append((Tie("frozen_slot", copy, name, _slot_use(c, s)), [(c, s)]))
     return plan
 
 
-def find_ties(model: onnx.ModelProto) -> list[Tie]:
+def find_ties(model: onnx.ModelProto | ir.Model) -> list[Tie]:
     """Every tie of ``model``'s main graph that training would corrupt (see the module doc)."""
-    return [tie for tie, _ in _plan(model)]
+    if isinstance(model, onnx.ModelProto):
+        model = to_ir(model)
+    return [tie for tie, _ in _plan(model.graph)]
 
 
-class UntieTensors(GraphPass):
+def _copy_of(value: ir.Value, name: str) -> ir.Value:
+    """A new initializer value ``name`` holding a copy of ``value``'s tensor.
+
+    A copy, not the same tensor object: a tensor read from a ModelProto is that proto's
+    message, and serializing it under a second name would rename the caller's tensor.
+    """
+    tensor = ir.tensor(value.const_value.numpy().copy(), name=name)
+    return ir.Value(name=name, type=value.type, shape=tensor.shape, const_value=tensor)
+
+
+class UntieTensors(BuildPass):
     """Give every tie its own initializer (a copy of the shared value).
 
     Args:
@@ -233,54 +241,30 @@ class UntieTensors(GraphPass):
         self.untied: list[Tie] = []
         self.kept: list[Tie] = []
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
-        plan = _plan(model)
+        plan = _plan(graph)
         self.untied, self.kept = [], []
-        if not plan:
-            return PassResult(model, False)
-        inits = {i.name: i for i in graph.initializer}
-        nodes = list(graph.node)
-        drop: set[int] = set()
-        new_inits: list[onnx.TensorProto] = []
+        aliases = {n.outputs[0].name: n for n in graph if _is_identity(n) and n.outputs[0].name}
         for tie, uses in plan:
             if tie.source in self.keep or tie.tensor in self.keep:
                 self.kept.append(tie)
                 continue
             self.untied.append(tie)
-            copy = onnx.TensorProto()
-            copy.CopyFrom(inits[tie.source])
-            copy.name = tie.tensor
-            new_inits.append(copy)
+            copy = _copy_of(graph.initializers[tie.source], tie.tensor)
             if tie.kind == "alias":
-                drop.update(
-                    k
-                    for k, n in enumerate(nodes)
-                    if n.op_type == "Identity" and n.output[0] == tie.tensor
-                )
-            for c, s in uses:
-                nodes[c].input[s] = tie.tensor
-        if not self.untied:
-            return PassResult(model, False)
-        kept_nodes = [n for k, n in enumerate(nodes) if k not in drop]
-        del graph.node[:]
-        graph.node.extend(kept_nodes)
-        graph.initializer.extend(new_inits)
+                identity = aliases[tie.tensor]
+                identity.outputs[0].replace_all_uses_with(copy)
+                graph.remove(identity, safe=True)
+            graph.register_initializer(copy)
+            for node, slot in uses:
+                node.replace_input_with(slot, copy)
         # An alias that was also declared as a graph input (initializers as inputs) keeps its
         # declaration; value_info of a former Identity output is harmless.
-        return PassResult(model, True)
+        return PassResult(model, bool(self.untied))
 
 
-def _subgraph_inputs(graph: onnx.GraphProto) -> set[str]:
-    names: set[str] = set()
-    for node in graph.node:
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                names |= {i for n in sub.node for i in n.input} | _subgraph_inputs(sub)
-    return names
-
-
-class RetieFoldedCopies(GraphPass):
+class RetieFoldedCopies(BuildPass):
     """Give back a tied weight the copy an exporter folded out of it.
 
     With constant folding, torch's TorchScript exporter turns ``x @ W.T`` into a MatMul with a
@@ -295,57 +279,58 @@ class RetieFoldedCopies(GraphPass):
     def __init__(self) -> None:
         self.retied: list[Tie] = []
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
         self.retied = []
-        floats = [i for i in graph.initializer if i.data_type in _FLOATS and len(i.dims) == 2]
-        named = [
-            (i.name, numpy_helper.to_array(i)) for i in floats if not is_generated_name(i.name)
+        floats = [
+            v
+            for v in graph.initializers.values()
+            if v.const_value.dtype in _FLOATS and len(v.const_value.shape) == 2
         ]
-        in_subgraphs = _subgraph_inputs(graph)
-        read = {name for n in graph.node for name in n.input}
-        replace: dict[str, str] = {}
-        new_nodes: list[onnx.NodeProto] = []
-        taken = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+        named = [(v, v.const_value.numpy()) for v in floats if not is_generated_name(v.name)]
+        taken = set(graph.initializers) | {o.name for n in graph for o in n.outputs if o.name}
+        transposes: list[ir.Node] = []
         for init in floats:
-            if not is_generated_name(init.name) or init.name in in_subgraphs:
+            in_subgraph = any(u.node.graph is not graph for u in init.uses())
+            if not is_generated_name(init.name) or in_subgraph:
                 continue
-            arr = numpy_helper.to_array(init)
+            arr = init.const_value.numpy()
             if arr.size < 2 or arr.min() == arr.max():
                 continue
             found = [
-                (n, how)
-                for n, a in named
+                (v, how)
+                for v, a in named
                 for how, view in (("copy", a), ("transposed copy", a.T))
                 if view.shape == arr.shape and np.array_equal(view, arr)
             ]
-            if len(found) != 1 or found[0][0] not in read:
+            if len(found) != 1 or not any(u.node.graph is graph for u in found[0][0].uses()):
                 continue
             source, how = found[0]
             target = source
             if how == "transposed copy":
-                target, k = f"{source}.transposed", 1
-                while target in taken:
+                name, k = f"{source.name}.transposed", 1
+                while name in taken:
                     k += 1
-                    target = f"{source}.transposed.{k}"
-                taken.add(target)
-                new_nodes.append(
-                    helper.make_node(
-                        "Transpose", [source], [target], name=f"{target}/Transpose", perm=[1, 0]
-                    )
+                    name = f"{source.name}.transposed.{k}"
+                taken.add(name)
+                node = ir.Node(
+                    "",
+                    "Transpose",
+                    [source],
+                    attributes=[ir.AttrInt64s("perm", [1, 0])],
+                    name=f"{name}/Transpose",
                 )
-            replace[init.name] = target
-            self.retied.append(Tie("folded_copy", init.name, source, how))
-        if not replace:
+                node.outputs[0].name = name
+                transposes.append(node)
+                target = node.outputs[0]
+            init.replace_all_uses_with(target)
+            graph.initializers.pop(init.name)
+            self.retied.append(Tie("folded_copy", init.name, source.name, how))
+        if not self.retied:
             return PassResult(model, False)
-        for node in graph.node:
-            for k, name in enumerate(node.input):
-                if name in replace:
-                    node.input[k] = replace[name]
-        nodes = new_nodes + list(graph.node)
-        del graph.node[:]
-        graph.node.extend(nodes)
-        kept = [i for i in graph.initializer if i.name not in replace]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        first = next(iter(graph), None)
+        if first is None:
+            graph.extend(transposes)
+        else:
+            graph.insert_before(first, transposes)
         return PassResult(model, True)
