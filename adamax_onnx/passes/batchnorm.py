@@ -40,6 +40,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
@@ -232,32 +233,31 @@ class DecomposeBatchNorm(BuildPass):
         return y
 
 
-def to_eval_mode(model: ir.Model) -> ir.Model:
+def to_eval_mode(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` as torch's ``eval()`` runs it: BatchNormalization on its running
     statistics (``training_mode`` 0, the running-statistic outputs dropped) and Dropout as the
-    identity (its ``training_mode`` input removed). Other nodes are unchanged; the copy shares
-    the tensors of ``model``."""
-    out = model.clone()
-    graph = out.graph
-    was_read = {name for name, v in graph.initializers.items() if v.uses()}
-    for node in list(graph):
+    identity (its ``training_mode`` input removed). Other nodes are unchanged."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    read = {i for n in out.graph.node for i in n.input} | {o.name for o in out.graph.output}
+    for node in out.graph.node:
         if node.op_type == "BatchNormalization":
-            node.attributes.pop("training_mode", None)
-            if not any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
-                node.resize_outputs(1)  # (read ones are refused by DecomposeBatchNorm)
+            keep = [a for a in node.attribute if a.name != "training_mode"]
+            del node.attribute[:]
+            node.attribute.extend(keep)
+            del node.output[1:]
         elif node.op_type == "Dropout":
-            mask = node.outputs[1] if len(node.outputs) > 1 else None
-            if mask is not None and mask.name and (mask.uses() or mask.is_graph_output()):
-                node.resize_inputs(2)  # the mask is read: an inference-mode Dropout (all ones)
+            if len(node.output) > 1 and node.output[1] and node.output[1] in read:
+                del node.input[2:]  # the mask is read: an inference-mode Dropout (all ones)
             else:  # absent: the identity
-                identity = ir.Node("", "Identity", [node.inputs[0]], name=node.name)
-                replace_node(
-                    graph, node, [identity], [identity.outputs[0], None][: len(node.outputs)]
-                )
+                node.op_type = "Identity"
+                del node.input[1:]
+                del node.output[1:]
+                del node.attribute[:]
     # Initializers only the removed inputs read (a Dropout's ratio and training_mode) go too:
     # nothing else holds their values once the training graph has replaced the node.
-    for name in was_read:
-        value = graph.initializers[name]
-        if not value.uses() and not value.is_graph_output():
-            graph.initializers.pop(name)
+    still = {i for n in out.graph.node for i in n.input} | {o.name for o in out.graph.output}
+    keep = [i for i in out.graph.initializer if i.name in still or i.name not in read]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(keep)
     return out

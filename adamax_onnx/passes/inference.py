@@ -21,15 +21,8 @@ from .contract import INFERENCE_GRAPH_KEY
 __all__ = ["embed_inference_graph", "extract_inference_model"]
 
 
-def embed_inference_graph(training: onnx.ModelProto, inference) -> None:
-    """Record ``inference``'s graph (structure and initializer names, no values) in ``training``.
-
-    ``inference`` is a ``ModelProto`` or an ``onnx_ir.Model`` (whose values are not copied).
-    """
-    if not isinstance(inference, onnx.ModelProto):
-        from .irbuild import without_values
-
-        inference = without_values(inference)
+def embed_inference_graph(training: onnx.ModelProto, inference: onnx.ModelProto) -> None:
+    """Record ``inference``'s graph (structure and initializer names, no values) in ``training``."""
     skeleton = onnx.GraphProto()
     skeleton.CopyFrom(inference.graph)
     for init in skeleton.initializer:  # keep name/type/dims, drop the values

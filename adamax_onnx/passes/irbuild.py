@@ -64,16 +64,21 @@ def inferred(model: ir.Model) -> dict[str, ir.Value]:
 
 def without_values(model: ir.Model) -> onnx.ModelProto:
     """``model`` as a ``ModelProto`` whose initializers keep their name, type and dims but no
-    values (none is copied): the form :func:`passes.inference.embed_inference_graph` stores."""
-    copy = model.clone()
-    inits = copy.graph.initializers
-    facts = [
-        (v.name, int(v.const_value.dtype), v.const_value.shape.numpy()) for v in inits.values()
-    ]
-    inits.clear()  # the values stay, read by their nodes: only the tensors are left out
-    proto = ir.serde.serialize_model(copy)
-    for name, dtype, dims in facts:
-        proto.graph.initializer.add(name=name, data_type=dtype, dims=dims)
+    values (none is copied): the form :func:`passes.inference.embed_inference_graph` stores.
+    ``model`` is left as it was."""
+    inits = model.graph.initializers
+    values = list(inits.values())
+    inits.clear()  # for the time of the serialization: the values stay, read by their nodes
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for value in values:
+            inits.add(value)
+    for v in values:
+        tensor = v.const_value
+        proto.graph.initializer.add(
+            name=v.name, data_type=int(tensor.dtype), dims=tensor.shape.numpy()
+        )
     return proto
 
 

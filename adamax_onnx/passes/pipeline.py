@@ -32,6 +32,7 @@ from .dropout import DropoutError, SeededDropout
 from .gradients import BuildGradients, GradientBuilder, GradientBuildError
 from .inference import embed_inference_graph
 from .infra import BuildPass, Pipeline, ProtoStep, Step, Translate
+from .irbuild import without_values
 from .loss import AttachLoss
 from .lowering import LowerToStandard, UnloweredOpsError
 from .sequences import SplitSequencesToSlices
@@ -89,7 +90,7 @@ class RecordInference(BuildPass):
     :attr:`inputs` / :attr:`outputs` are the model's own inputs (parameters excluded) and
     outputs, :meth:`values` gives the parameters' initial values (:class:`BuildGradients`
     takes them out of the graph, :class:`Finish` puts them back) and :attr:`eval_model` is the
-    model as torch's ``eval()`` runs it (for export; it shares the model's tensors).
+    model as torch's ``eval()`` runs it, without tensor values (all the export needs).
     """
 
     def __init__(self, params: Sequence[str], check: Callable[[ir.Model], object]) -> None:
@@ -101,7 +102,7 @@ class RecordInference(BuildPass):
         self.inputs = [v.name for v in graph.inputs if not v.is_initializer()]
         self.outputs = [v.name for v in graph.outputs]
         self._tensors = {p: graph.initializers[p].const_value for p in self.params}
-        self.eval_model = to_eval_mode(model)
+        self.eval_model = to_eval_mode(without_values(model))
         return PassResult(model, False)
 
     def values(self) -> dict[str, onnx.TensorProto]:

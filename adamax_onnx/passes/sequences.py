@@ -50,7 +50,7 @@ class SplitSequencesToSlices(BuildPass):
 
     def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
-        g = IRBuilder(graph)
+        g = None
         modified = False
         for node in list(graph):
             if node.op_type != "SplitToSequence" or node.domain not in ("", "ai.onnx"):
@@ -68,6 +68,7 @@ class SplitSequencesToSlices(BuildPass):
             bounds = _bounds(split, [constant(u.inputs[1]) for u in uses])
             if bounds is None:
                 continue
+            g = g or IRBuilder(graph)
             for use, (start, end) in zip(uses, bounds, strict=True):
                 base = use.name or use.outputs[0].name
                 before = len(g.nodes)
