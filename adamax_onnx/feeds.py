@@ -137,6 +137,9 @@ class FeedValidator:
         label_ranges: class-label inputs to range-check (:func:`.safety.label_ranges`).
         refuse_empty: refuse an input with no elements (a training step needs an example).
         bound: inputs fed another way (``bind_inputs``): feeding them is its own error.
+
+    Attributes:
+        specs: the spec of each input taken, in the order of ``takes``.
     """
 
     def __init__(
@@ -150,7 +153,7 @@ class FeedValidator:
     ) -> None:
         self.takes = list(takes)
         self.who = who
-        self._specs = [specs[n] for n in self.takes]
+        self.specs = [specs[n] for n in self.takes]
         self._names = frozenset(self.takes)
         self._bound = frozenset(bound)
         self._ranges = dict(label_ranges or {})
@@ -159,7 +162,7 @@ class FeedValidator:
         # numpy dtype, no label range. name -> (dtype, shape).
         self._static = {
             s.name: (s.dtype, s.shape)
-            for s in self._specs
+            for s in self.specs
             if s.shape is not None
             and s.dtype is not None
             and 0 not in s.shape
@@ -210,7 +213,7 @@ class FeedValidator:
             raise FeedError(f"{'; '.join(parts)}; {self.who} takes exactly {self.takes}")
         out: dict[str, np.ndarray] = {}
         symbols: dict[str, tuple[int, str]] = {}
-        for spec in self._specs:
+        for spec in self.specs:
             arr = feeds[spec.name]
             problem = spec.problem(arr, symbols)
             if problem is not None:

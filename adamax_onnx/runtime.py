@@ -123,6 +123,50 @@ def _ping_pong_buffers(
     return buffers
 
 
+class _PackedInputs:
+    """Fed inputs of one static shape under 1 MiB, copied in by one ``np.concatenate`` per dtype.
+
+    Each dtype's inputs share one host buffer; the OrtValue bound for each input (in both
+    bindings) is a view of its part. A step copies every such array with a single C call
+    instead of one ``OrtValue.update_inplace`` each (2,000 x 1K float32: about 1 ms instead of
+    3), so ``step(feeds)`` costs no more than copying into buffers bound once oneself.
+
+    Args:
+        specs: the spec of every input a step takes.
+        bindings: the IOBindings that read the inputs.
+    """
+
+    def __init__(self, specs: Sequence[TensorSpec], bindings: Sequence[ort.IOBinding]) -> None:
+        packable = [
+            s
+            for s in specs
+            if s.shape is not None
+            and s.dtype is not None
+            and 0 < int(np.prod(s.shape)) * s.dtype.itemsize < _COPY_LIMIT
+        ]
+        self.others = [s.name for s in specs if s not in packable]
+        self.groups: list[tuple[list[str], np.ndarray]] = []
+        self._values: list[ort.OrtValue] = []  # a binding does not own the memory it reads
+        for dtype in dict.fromkeys(s.dtype for s in packable):
+            members = [s for s in packable if s.dtype == dtype]
+            buffer = np.empty(sum(int(np.prod(s.shape)) for s in members), dtype)
+            offset = 0
+            for spec in members:
+                size = int(np.prod(spec.shape))
+                view = buffer[offset : offset + size].reshape(spec.shape)
+                value = ort.OrtValue.ortvalue_from_numpy(view)  # wraps the view: no copy
+                for binding in bindings:
+                    binding.bind_ortvalue_input(spec.name, value)
+                self._values.append(value)
+                offset += size
+            self.groups.append(([s.name for s in members], buffer))
+
+    def copy(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Copy the packed inputs of ``arrays`` (validated: exact dtypes and shapes) in."""
+        for names, buffer in self.groups:
+            np.concatenate([arrays[n] for n in names], axis=None, out=buffer)
+
+
 class TrainingSession:
     """Run a model built by :func:`build_training_model` or :func:`build_optimizer_model`.
 
@@ -232,7 +276,7 @@ class TrainingSession:
         self._bound: dict[str, ort.OrtValue] = {}
         self._feeds = self._feed_validator()
         self._feed_slots: dict[str, tuple[tuple[int, ...], ort.OrtValue]] = {}
-        self._fixed_slots: dict[str, ort.OrtValue] = {}
+        self._packed: _PackedInputs | None = None  # made by the first step that takes inputs
         self.last_overflow = False
 
     # -- construction ------------------------------------------------------------------------
@@ -289,13 +333,12 @@ class TrainingSession:
             )
 
     def _feed(self, binding: ort.IOBinding, name: str, arr: np.ndarray) -> None:
-        """Bind or copy one fed array that has no fixed-shape slot yet.
+        """Bind or copy one fed array that :class:`_PackedInputs` does not take (a dynamic
+        shape, or 1 MiB and more).
 
         A fed array is copied into an OrtValue bound once in both bindings (0.7 us a tensor)
         rather than bound anew (6 us: 12 ms a step with 2,000 fed gradients); a new shape (a
-        ragged last batch) binds a new buffer. An input of one static shape keeps its buffer
-        in ``_fixed_slots``, where a step finds it without comparing shapes again (the
-        validator did).
+        ragged last batch) binds a new buffer.
         """
         slots = self._feed_slots
         if arr.nbytes >= _COPY_LIMIT:  # large: bound where it is (a copy would cost more)
@@ -308,8 +351,6 @@ class TrainingSession:
             return
         value = ort.OrtValue.ortvalue_from_numpy(np.array(arr, order="C", copy=True))
         slots[name] = (arr.shape, value)
-        if self._input_specs[name].shape is not None:
-            self._fixed_slots[name] = value
         for b in self._bindings:
             b.bind_ortvalue_input(name, value)
 
@@ -343,10 +384,10 @@ class TrainingSession:
         for name, value in values.items():
             self._bound[name] = value
             self._feed_slots.pop(name, None)
-            self._fixed_slots.pop(name, None)
             for binding in self._bindings:
                 binding.bind_ortvalue_input(name, value)
         self._feeds = self._feed_validator()  # what a step takes has changed
+        self._packed = None  # packed anew for it
 
     def step(self, feeds: Mapping[str, np.ndarray] | None = None) -> float | None:
         """Run one training step; returns the (unscaled) loss, or None for an optimizer model.
@@ -361,13 +402,11 @@ class TrainingSession:
         arrays = self._feeds({} if feeds is None else feeds)
         self._check_tables()
         binding = self._bindings[self._cur]
-        fixed = self._fixed_slots
-        for name, arr in arrays.items():
-            slot = fixed.get(name)
-            if slot is not None:  # the common case: one copy into a buffer bound once
-                slot.update_inplace(arr)
-            else:
-                self._feed(binding, name, arr)
+        if self._packed is None:
+            self._packed = _PackedInputs(self._feeds.specs, self._bindings)
+        self._packed.copy(arrays)
+        for name in self._packed.others:
+            self._feed(binding, name, arrays[name])
         self.session.run_with_iobinding(binding)
         self._cur = 1 - self._cur
         self.last_overflow = (

@@ -103,6 +103,29 @@ def test_bind_inputs_checks_through_the_same_specs():
     assert sess.global_step == 1
 
 
+def test_binding_an_input_after_feeding_it_trains_like_feeding_it():
+    # Fed inputs of one static shape are copied into buffers bound once; binding one of them
+    # later must replace it, and the others must still be read from what is fed.
+    params = _params([(6, 4), (3,), (5,)])
+    opt = ax.AdaMax(list(params), learning_rate=0.01)
+    model = ax.build_optimizer_model(opt, params)
+    fed, mixed = ax.TrainingSession(model), ax.TrainingSession(model)
+    ref = NumpyAdaMax(params, learning_rate=0.01)
+    bound = ort.OrtValue.ortvalue_from_numpy(np.zeros(3, np.float32))
+    for step in range(4):
+        grads = _grads(params, step)
+        fed.step(grads)
+        if step == 2:
+            mixed.bind_inputs({"p1_grad": bound})
+        if step >= 2:
+            bound.update_inplace(grads.pop("p1_grad"))
+        mixed.step(grads)
+        ref.update({k[: -len("_grad")]: g for k, g in _grads(params, step).items()})
+    for p, w in mixed.parameters().items():
+        np.testing.assert_array_equal(w, fed.parameters()[p], err_msg=p)
+        np.testing.assert_allclose(w, ref.w[p], rtol=1e-6, atol=1e-7, err_msg=p)
+
+
 # -- layering --------------------------------------------------------------------------------
 def _imports(path: Path) -> set[str]:
     """Modules ``path`` imports anywhere (relative names resolved against the package)."""
