@@ -1,11 +1,14 @@
 """Public graph-building API: from an inference model (or raw parameters) to a training model.
 
-``build_training_model`` = untie (RetieFoldedCopies, UntieTensors) -> AttachLoss ->
-DecomposeBatchNorm -> SeededDropout -> BuildGradients -> AdaMaxPass (+ guard, lowering,
-metadata);
-``build_optimizer_model`` = parameters and gradients as inputs -> AdaMaxPass. Both return an
-ordinary ONNX model that passes ``onnx.checker.check_model(full_check=True)``; the roles of its
-inputs and outputs are recorded as described in :mod:`passes.contract`.
+Each builder checks its arguments and runs one declared pipeline (:mod:`passes.pipeline`) on
+one copy of the model: ``build_training_model`` = untie -> check parameters and record the
+inference model -> loss -> sequences -> BatchNorm -> Dropout -> gradients -> AdaMax update ->
+guard -> lowering -> chunking -> contract; ``build_optimizer_model`` = parameters and gradients
+as inputs -> AdaMax update -> guard -> chunking -> contract. Both return an ordinary ONNX model
+that passes ``onnx.checker.check_model(full_check=True)``; the roles of its inputs and outputs
+are recorded as described in :mod:`passes.contract`.
+
+(Over 400 lines: the docstrings of the two builders are the reference of every option.)
 """
 
 from __future__ import annotations
@@ -27,8 +30,7 @@ from .passes.builder import IR_VERSION, OPSET
 from .passes.chunking import ChunkUpdates
 from .passes.contract import Contract, grad_name, lr_input_name
 from .passes.gradients import GradientBuilder
-from .passes.loss import LOSS_NAME
-from .passes.ties import KEEP_TIES_KEY, is_generated_name
+from .passes.names import KEEP_TIES_KEY, LOSS_NAME, is_generated_name
 from .safety import check_in_memory_model, load_model_file
 
 # The build pipeline (passes.pipeline) is imported on first use: it loads onnx_ir (and through
@@ -325,6 +327,8 @@ def build_training_model(
             how to freeze what is upstream of it).
         LoweringError: ``portable=True`` and some op a custom builder emitted has no standard
             lowering (the message names each op type and node).
+        onnx_ir.passes.PassError: any other failure of a build step (a bug): the message
+            names the step and the steps before it.
 
     Returns:
         A valid ONNX model. Inputs: the model's inputs, the label, then parameters, optimizer

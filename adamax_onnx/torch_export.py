@@ -17,7 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import ModelError
-from .passes.ties import KEEP_TIES_KEY, UntieTensors
+from .passes.names import KEEP_TIES_KEY
 
 __all__ = ["from_torch"]
 
@@ -274,6 +274,8 @@ def _finish(module: Any, model: onnx.ModelProto, saved: Mapping[str, Any]):
     tensors = {n for n, _ in module.named_parameters()} | set(saved)
     # Exporter merges (Identity aliases named after a torch tensor) are undone; any other
     # sharing is the module's own (one layer applied twice) and is kept by the build.
+    from .passes.ties import UntieTensors  # loads onnx_ir: on first use
+
     untier = UntieTensors()
     untier(model)
     keep = sorted(

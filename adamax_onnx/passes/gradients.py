@@ -28,7 +28,7 @@ from .autodiff import AutodiffBuilder
 from .autodiff.errors import GradientBuildError
 from .base import GraphPass, PassResult
 from .contract import grad_name
-from .loss import LOG_PROB_NAME
+from .names import LOG_PROB_NAME
 
 __all__ = [
     "AutodiffBuilder",

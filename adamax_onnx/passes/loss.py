@@ -31,14 +31,9 @@ from onnx_ir.passes import PassResult
 
 from .infra import BuildPass
 from .irbuild import IRBuilder, inferred, sorted_attributes
+from .names import DEFAULT_IGNORE_INDEX, LOG_PROB_NAME, LOSS_NAME, SCORES_NAME
 
 __all__ = ["AttachLoss", "LOSS_NAME", "LOG_PROB_NAME", "SCORES_NAME", "DEFAULT_IGNORE_INDEX"]
-
-LOSS_NAME = "loss"
-LOG_PROB_NAME = "loss.log_prob"
-SCORES_NAME = "loss.scores"
-#: torch's and Hugging Face's ignore_index, the default of token-level cross entropy.
-DEFAULT_IGNORE_INDEX = -100
 
 _FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16)
 

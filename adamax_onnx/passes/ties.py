@@ -36,7 +36,6 @@ that weight again.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -46,6 +45,7 @@ import onnx_ir as ir
 from onnx_ir.passes import PassResult
 
 from .infra import BuildPass, to_ir
+from .names import KEEP_TIES_KEY, is_generated_name
 
 __all__ = [
     "Tie",
@@ -57,21 +57,6 @@ __all__ = [
     "RetieFoldedCopies",
     "is_generated_name",
 ]
-
-# Names exporters give to tensors they made themselves (folded constants, transposed weights):
-# torch.onnx's TorchScript exporter ("onnx::MatMul_595", "/layer/Constant_output_0") and its
-# dynamo exporter ("val_68", "_val_3").
-_GENERATED_NAME = re.compile(r"^(onnx::|/)|^_?val_\d+$|::")
-
-
-def is_generated_name(name: str) -> bool:
-    """True for a tensor name an exporter generated (``val_68``, ``onnx::MatMul_595``)."""
-    return bool(_GENERATED_NAME.search(name))
-
-
-#: ``metadata_props`` key of a JSON list of tensors whose ties are meant (written by
-#: ``adamax_onnx.from_torch`` for a layer the module applies twice; the build keeps them).
-KEEP_TIES_KEY = "adamax_onnx.keep_ties"
 
 _FLOATS = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16}
 

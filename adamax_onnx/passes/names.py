@@ -1,0 +1,38 @@
+"""Names the build gives or recognizes, apart from the passes that use them.
+
+Kept in a module of their own, with no import of ``onnx_ir``: the public API and the runtime
+read them without loading the passes (``import adamax_onnx`` stays fast).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "LOSS_NAME",
+    "LOG_PROB_NAME",
+    "SCORES_NAME",
+    "DEFAULT_IGNORE_INDEX",
+    "KEEP_TIES_KEY",
+    "is_generated_name",
+]
+
+LOSS_NAME = "loss"
+LOG_PROB_NAME = "loss.log_prob"
+SCORES_NAME = "loss.scores"
+#: torch's and Hugging Face's ignore_index, the default of token-level cross entropy.
+DEFAULT_IGNORE_INDEX = -100
+
+#: ``metadata_props`` key of a JSON list of tensors whose ties are meant (written by
+#: ``adamax_onnx.from_torch`` for a layer the module applies twice; the build keeps them).
+KEEP_TIES_KEY = "adamax_onnx.keep_ties"
+
+# Names exporters give to tensors they made themselves (folded constants, transposed weights):
+# torch.onnx's TorchScript exporter ("onnx::MatMul_595", "/layer/Constant_output_0") and its
+# dynamo exporter ("val_68", "_val_3").
+_GENERATED_NAME = re.compile(r"^(onnx::|/)|^_?val_\d+$|::")
+
+
+def is_generated_name(name: str) -> bool:
+    """True for a tensor name an exporter generated (``val_68``, ``onnx::MatMul_595``)."""
+    return bool(_GENERATED_NAME.search(name))
