@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from .errors import ModelError
 from .loss_scale import LossScaleManager, apply_guard
@@ -428,7 +428,7 @@ def build_optimizer_model(
         elem = helper.np_dtype_to_tensor_dtype(arr.dtype)
         inputs.append(helper.make_tensor_value_info(name, elem, list(arr.shape)))
         inputs.append(helper.make_tensor_value_info(grad_name(name), elem, list(arr.shape)))
-        values[name] = numpy_helper.from_array(arr, name)
+        values[name] = arr
     graph = helper.make_graph(nodes, "adamax_optimizer", inputs, outputs)
     model = helper.make_model(
         graph,
@@ -436,6 +436,8 @@ def build_optimizer_model(
         ir_version=IR_VERSION,
         producer_name="adamax-onnx",
     )
+    import onnx_ir as ir
+
     from .passes import pipeline as steps
 
     guard = _Guard(optimizer.param_names, None, skip_nonfinite, None)
@@ -449,4 +451,5 @@ def build_optimizer_model(
     update = steps.update_steps(
         optimizer, bucket_size, guard, portable=False, chunker=chunker if chunk_size else None
     )
-    return steps.optimizer_pipeline(update, steps.Finish(contract, values=lambda: values))(model)
+    finish = steps.Finish(contract, values=lambda: {k: ir.tensor(v) for k, v in values.items()})
+    return steps.optimizer_pipeline(update, finish)(model)

@@ -105,13 +105,9 @@ class RecordInference(BuildPass):
         self.eval_model = to_eval_mode(without_values(model))
         return PassResult(model, False)
 
-    def values(self) -> dict[str, onnx.TensorProto]:
+    def values(self) -> dict[str, ir.TensorProtocol]:
         """The parameters' initial values, by name."""
-        out = {}
-        for name, tensor in self._tensors.items():
-            out[name] = ir.serde.serialize_tensor(tensor)
-            out[name].name = name
-        return out
+        return dict(self._tensors)
 
 
 class Finish(Step):
@@ -132,7 +128,7 @@ class Finish(Step):
         self,
         contract: Callable[[], Contract],
         inference: Callable[[], onnx.ModelProto | None] = lambda: None,
-        values: Callable[[], Mapping[str, onnx.TensorProto]] = dict,
+        values: Callable[[], Mapping[str, ir.TensorProtocol]] = dict,
     ) -> None:
         self.contract, self.inference, self.values = contract, inference, values
 
@@ -142,8 +138,11 @@ class Finish(Step):
         if inference is not None:
             embed_inference_graph(model, inference)
         present = {i.name for i in model.graph.initializer}
-        values = self.values()
-        model.graph.initializer.extend(v for k, v in values.items() if k not in present)
+        for name, tensor in self.values().items():
+            if name not in present:  # written once, straight into the model
+                init = model.graph.initializer.add()
+                ir.serde.serialize_tensor_into(init, tensor)
+                init.name = name
         detach_initial_values(model)
         model.ir_version = min(model.ir_version or IR_VERSION, 10)
         if not model.producer_name:
