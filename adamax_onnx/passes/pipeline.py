@@ -8,9 +8,13 @@
 
 one :class:`passes.infra.Pipeline` over one copy of the model. Each step declares the errors
 that are the user's to fix (a ``ModelError``, ``GradientError`` or ``LoweringError``, message
-unchanged); any other failure names the step. The update, guard, lowering and chunking passes
-work on ``ModelProto`` and run as proto steps (:class:`passes.infra.ProtoStep`) on the
-pipeline's own copy.
+unchanged); any other failure names the step.
+
+The steps up to Dropout are in-place ``onnx_ir`` passes on one ``onnx_ir.Model``, read from the
+input without copying its tensors. The gradient builder, the update, guard, lowering and
+chunking passes take a ``ModelProto``: the model is serialized once before the gradients (its
+one copy), and they run as proto steps (:class:`passes.infra.ProtoStep`) on that copy. (The
+non-finite guard, through ``loss_scale.apply_guard``, still copies it once more.)
 """
 
 from __future__ import annotations
