@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import write_atomically
 
 __all__ = ["split_by_label", "write_partitions", "prepare_digits", "client_file", "TEST_FILE"]
 
@@ -78,10 +81,11 @@ def write_partitions(
     out.mkdir(parents=True, exist_ok=True)
     summary = []
     for i, idx in enumerate(parts):
-        np.savez(client_file(out, i), x=x[idx], y=y[idx])
+        write_atomically(client_file(out, i), partial(np.savez, x=x[idx], y=y[idx]))
         summary.append({"client": i, "samples": int(len(idx)), "labels": sorted({int(v) for v in y[idx]})})
-    np.savez(out / TEST_FILE, x=x_test, y=y_test)
-    (out / "split.json").write_text(json.dumps({"clients": summary, "test": int(len(y_test))}, indent=1))
+    write_atomically(out / TEST_FILE, partial(np.savez, x=x_test, y=y_test))
+    text = json.dumps({"clients": summary, "test": int(len(y_test))}, indent=1).encode()
+    write_atomically(out / "split.json", lambda fh: fh.write(text))
     return out
 
 
