@@ -274,3 +274,40 @@ def test_batch_sizes_changing_between_steps_train_like_a_plain_loop(train_model,
         np.testing.assert_allclose(got, out["loss"], rtol=1e-6, err_msg=f"step {step}")
     for p, value in sess.parameters().items():
         np.testing.assert_allclose(value, state[p], rtol=1e-6, atol=1e-7, err_msg=p)
+
+
+def test_a_model_of_fixed_batch_size_trains_like_a_plain_loop():
+    """A data input of one static shape is copied into a buffer bound once, the labels (still
+    [N]) into their own; the label range is still checked, and the run equals a plain
+    onnxruntime loop."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from adamax_onnx.passes.contract import read_contract
+
+    m = build_mlp(in_features=FEATURES, hidden=(16,), num_classes=CLASSES, seed=1)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = N  # [N, 12] -> [4, 12]
+    model = ax.build_training_model(m, ax.AdaMax(ax.trainable_params(m), learning_rate=0.01))
+    sess = ax.TrainingSession(model)
+    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert plain.get_inputs()[0].shape == [N, FEATURES]
+    contract = read_contract(model)
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    state = {name: inits[initial] for name, initial in contract.initial.items()}
+    outputs = [o.name for o in plain.get_outputs()]
+    for step in range(4):
+        batch = good()
+        batch["input"] = batch["input"] * (1 + step)
+        got = sess.step(batch)
+        out = dict(zip(outputs, plain.run(None, {**batch, **state}), strict=True))
+        for name in state:
+            state[name] = out.get(f"{name}.updated", state[name])
+        np.testing.assert_allclose(got, out["loss"], rtol=1e-6, err_msg=f"step {step}")
+    before = snapshot(sess)
+    with pytest.raises(ax.FeedError, match=r"'labels' holds class label 5"):
+        sess.step(with_(labels=np.array([0, 1, 2, CLASSES])))
+    with pytest.raises(ax.FeedError, match="axis 0 must be 4"):
+        sess.step({"input": x[:3].copy(), "labels": y})
+    assert snapshot(sess) == before
+    for p, value in sess.parameters().items():
+        np.testing.assert_allclose(value, state[p], rtol=1e-6, atol=1e-7, err_msg=p)
