@@ -22,7 +22,6 @@ from .passes.contract import (
     lr_current_name,
     weight_decay_current_name,
 )
-from .passes.probe import extract_subgraph
 
 __all__ = ["LearningRateProbe", "groups_of"]
 
@@ -54,7 +53,7 @@ class LearningRateProbe:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self._session = ort.InferenceSession(
-            extract_subgraph(model, names, allowed).SerializeToString(),
+            _extract_subgraph(model, names, allowed).SerializeToString(),
             options,
             providers=["CPUExecutionProvider"],
         )
@@ -107,3 +106,10 @@ def groups_of(contract: Contract, params: Sequence[str]) -> list[int]:
             f"get_lr_parameter: {unknown} are not optimizer parameters; they are {contract.params}"
         )
     return [group_of[n] for n in params]
+
+
+def _extract_subgraph(model, names, allowed):
+    # onnx_ir loads on first use, not with ``import adamax_onnx``.
+    from .passes.probe import extract_subgraph
+
+    return extract_subgraph(model, names, allowed)

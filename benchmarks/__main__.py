@@ -173,7 +173,7 @@ def memory_table(records: list[dict]) -> str:
 
 
 def targets(result: dict) -> list[tuple[str, str, bool | None]]:
-    """The issue's targets, evaluated on this run for the defaults: (target, measured, met).
+    """The targets, evaluated on this run for the defaults: (target, measured, met).
 
     The ``chunk_size=0`` / ``bucket_size=0`` variants are in the tables only: they show what
     each default buys."""

@@ -211,6 +211,7 @@ def _command(
     )
 
 
+@pytest.mark.slow  # Flower processes (10-60 s): run by the all-tests command
 def test_simulation_survives_crash_and_nan_clients(fed_python, prepared, tmp_path):
     """3 virtual SuperNodes, 3 rounds: client 1 raises in round 2, client 2 sends NaN in round 3."""
     work = tmp_path / "sim"
@@ -233,6 +234,7 @@ def test_simulation_survives_crash_and_nan_clients(fed_python, prepared, tmp_pat
     assert "3 clients, 3 rounds" in proc.stdout
 
 
+@pytest.mark.slow  # Flower processes (10-60 s): run by the all-tests command
 def test_simulation_fedadam_keeps_float32(fed_python, prepared, tmp_path):
     work = tmp_path / "sim"
     proc = _command(fed_python, "simulate", prepared, work, [
@@ -255,6 +257,7 @@ def test_simulate_refuses_missing_client_data(fed_python, prepared, tmp_path):
     assert "no data for 2 of 5 clients" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # Flower processes (10-60 s): run by the all-tests command
 def test_deployment_runtime_with_a_node_killed_mid_run(fed_python, prepared, tmp_path):
     """SuperLink + 3 SuperNode processes; SuperNode 2 is SIGKILLed as soon as it has trained
     once (its checkpoint appears), i.e. in round 1, before or while it replies."""

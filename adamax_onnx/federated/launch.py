@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_atomically
 from ..errors import FederatedError
 from .config import DEFAULTS
 
@@ -71,7 +72,8 @@ def write_app(app_dir: str | os.PathLike, config: Mapping[str, Any] | None = Non
     lines = "\n".join(f"{k} = {_toml_value(v)}" for k, v in values.items())
     path = Path(app_dir)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "pyproject.toml").write_text(_APP_TOML.format(config=lines))
+    text = _APP_TOML.format(config=lines)
+    write_atomically(path / "pyproject.toml", lambda fh: fh.write(text.encode()))
     return path
 
 
@@ -172,10 +174,11 @@ class Federation:
         except BaseException:
             self.close()
             raise
-        (self.home / "config.toml").write_text(
+        config = (
             '[superlink]\ndefault = "adamax"\n\n[superlink.adamax]\n'
             f'address = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
+        write_atomically(self.home / "config.toml", lambda fh: fh.write(config.encode()))
         return self
 
     def add_supernode(self, partition_id: int, num_partitions: int) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..atomic import save_model_atomically
 from ._common import BATCH, bias_init, f32, he_normal, i64, make_model, xavier_uniform
 
 __all__ = ["CONV1_CHANNELS", "CONV2_CHANNELS", "FC_HIDDEN", "POOLS", "build_cnn", "main"]
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         groups=args.groups,
         stride=args.stride,
     )
-    onnx.save(model, args.out)
+    save_model_atomically(model, args.out)
     print(f"wrote {args.out}")
 
 

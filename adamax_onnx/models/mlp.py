@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..atomic import save_model_atomically
 from ._common import BATCH, bias_init, f32, he_normal, make_model, xavier_uniform
 
 __all__ = ["ACTIVATIONS", "build_mlp", "main"]
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         use_matmul=args.use_matmul,
     )
-    onnx.save(model, args.out)
+    save_model_atomically(model, args.out)
     print(f"wrote {args.out}")
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..atomic import save_model_atomically
 from ._common import BATCH, bias_init, f32, i64, make_model, xavier_uniform
 
 __all__ = ["GELUS", "LN_EPSILON", "build_transformer", "main"]
@@ -215,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         seed=args.seed,
         gelu=args.gelu,
     )
-    onnx.save(model, args.out)
+    save_model_atomically(model, args.out)
     print(f"wrote {args.out}")
 
 

@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .names import UniqueNames
+
 __all__ = ["GraphBuilder", "OPSET", "IR_VERSION"]
 
 #: Default ONNX opset of the graphs this project builds (LayerNormalization needs 17).
@@ -22,7 +24,7 @@ OPSET = 17
 IR_VERSION = 8
 
 
-class GraphBuilder:
+class GraphBuilder(UniqueNames):
     """Collects nodes and constant initializers with unique readable names.
 
     Args:
@@ -32,26 +34,10 @@ class GraphBuilder:
     def __init__(self, taken: Iterable[str] = ()) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self._taken: set[str] = set(taken)
+        super().__init__(taken)
         self._consts: dict[tuple, str] = {}
 
     # -- names -------------------------------------------------------------------------------
-    def unique(self, name: str) -> str:
-        """Return ``name`` itself, or ``name_1``, ``name_2``... if it is already taken."""
-        candidate, k = name, 0
-        while candidate in self._taken:
-            k += 1
-            candidate = f"{name}_{k}"
-        self._taken.add(candidate)
-        return candidate
-
-    def reserve(self, name: str) -> str:
-        """Claim an exact name (a graph input/output); raises if it is already used."""
-        if name in self._taken:
-            raise ValueError(f"tensor name {name!r} is already used in the graph")
-        self._taken.add(name)
-        return name
-
     # -- constants ---------------------------------------------------------------------------
     def const(self, value, dtype=np.float32, name: str = "const") -> str:
         """A constant initializer; identical constants (same value, dtype, shape) are shared."""

@@ -18,6 +18,8 @@ import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
+from .names import UniqueNames
+
 __all__ = [
     "IRBuilder",
     "taken_names",
@@ -103,7 +105,7 @@ def replace_node(graph: ir.Graph, node: ir.Node, new_nodes: Sequence[ir.Node], o
         new.name = old.name
 
 
-class IRBuilder:
+class IRBuilder(UniqueNames):
     """Collects new nodes (in :attr:`nodes`) and registers constant initializers on ``graph``.
 
     Args:
@@ -114,24 +116,8 @@ class IRBuilder:
     def __init__(self, graph: ir.Graph, taken: Iterable[str] | None = None) -> None:
         self.graph = graph
         self.nodes: list[ir.Node] = []
-        self._taken: set[str] = set(taken_names(graph) if taken is None else taken)
+        super().__init__(taken_names(graph) if taken is None else taken)
         self._consts: dict[tuple, ir.Value] = {}
-
-    def unique(self, name: str) -> str:
-        """``name`` itself, or ``name_1``, ``name_2``... if it is already taken."""
-        candidate, k = name, 0
-        while candidate in self._taken:
-            k += 1
-            candidate = f"{name}_{k}"
-        self._taken.add(candidate)
-        return candidate
-
-    def reserve(self, name: str) -> str:
-        """Claim an exact name (a graph input/output); raises if it is already used."""
-        if name in self._taken:
-            raise ValueError(f"tensor name {name!r} is already used in the graph")
-        self._taken.add(name)
-        return name
 
     def const(self, value, dtype=np.float32, name: str = "const") -> ir.Value:
         """A constant initializer; identical constants (value, dtype, shape) are shared."""

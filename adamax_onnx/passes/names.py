@@ -7,6 +7,7 @@ read them without loading the passes (``import adamax_onnx`` stays fast).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 __all__ = [
     "LOSS_NAME",
@@ -15,6 +16,7 @@ __all__ = [
     "DEFAULT_IGNORE_INDEX",
     "KEEP_TIES_KEY",
     "is_generated_name",
+    "UniqueNames",
 ]
 
 LOSS_NAME = "loss"
@@ -36,3 +38,30 @@ _GENERATED_NAME = re.compile(r"^(onnx::|/)|^_?val_\d+$|::")
 def is_generated_name(name: str) -> bool:
     """True for a tensor name an exporter generated (``val_68``, ``onnx::MatMul_595``)."""
     return bool(_GENERATED_NAME.search(name))
+
+
+class UniqueNames:
+    """The tensor names taken in a graph, and fresh readable ones derived from a wanted name.
+
+    The base of every builder that adds nodes to a graph (:class:`passes.builder.GraphBuilder`
+    on protobufs, :class:`passes.irbuild.IRBuilder` and the autodiff emitter on ``onnx_ir``).
+    """
+
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self._taken: set[str] = set(taken)
+
+    def unique(self, name: str) -> str:
+        """``name`` itself, or ``name_1``, ``name_2``... if it is already taken."""
+        candidate, k = name, 0
+        while candidate in self._taken:
+            k += 1
+            candidate = f"{name}_{k}"
+        self._taken.add(candidate)
+        return candidate
+
+    def reserve(self, name: str) -> str:
+        """Claim an exact name (a graph input/output); raises if it is already used."""
+        if name in self._taken:
+            raise ValueError(f"tensor name {name!r} is already used in the graph")
+        self._taken.add(name)
+        return name

@@ -14,28 +14,22 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from ..names import UniqueNames
+
 __all__ = ["Emitter", "common_ops"]
 
 
-class Emitter:
+class Emitter(UniqueNames):
     """Creates the gradient nodes and constants, with unique readable names."""
 
     def __init__(self, graph: ir.Graph, opset: int, taken: Iterable[str]) -> None:
         self.graph = graph
         self.opset = opset
         self.nodes: list[ir.Node] = []
-        self._taken: set[str] = set(taken)
+        super().__init__(taken)
         self._consts: dict[tuple, ir.Value] = {}
         self._shapes: dict[tuple, ir.Value] = {}
         self._counter = itertools.count()
-
-    def unique(self, name: str) -> str:
-        candidate, k = name, 0
-        while candidate in self._taken:
-            k += 1
-            candidate = f"{name}_{k}"
-        self._taken.add(candidate)
-        return candidate
 
     def emit(
         self,
