@@ -53,8 +53,8 @@ def from_torch(
 
     ``exporter="dynamo"`` uses ``torch.onnx.export(..., dynamo=True, optimize=False)`` instead
     (eval mode only). Without its optimizer it keeps every name and merges nothing, and on the
-    suite of ``tests/test_from_torch_suite.py`` it trains like torch. It is not the default
-    because in train mode it exports BatchNorm without ``training_mode`` (on running
+    suite of ``tests/integration/test_from_torch_suite.py`` it trains like torch. It is not the
+    default because in train mode it exports BatchNorm without ``training_mode`` (on running
     statistics: not torch's ``train()``), and with its default optimizer it folds BatchNorm
     into the Conv under the Conv's own name (undetectable), turns transposed weights into
     unnamed constants (``val_0``), makes two LayerNorms share one initializer and drops zero

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Create ./.venv-ortt: the optional onnxruntime-training 1.19.2 build (its C++ gradient builder
 # and com.microsoft gradient kernels) with adamax-onnx, for the cross-check tests marked `ortt`
-# (tests/test_lowering.py, tests/test_ortt_crosscheck.py). Nothing else needs it: the library,
-# the README's commands and the default tests use stock onnxruntime. onnxruntime-training is
-# frozen (last release 2024-09, wheels up to CPython 3.12) and provides the same `onnxruntime`
-# module as the stock package, hence a venv of its own.
+# (tests/passes/test_lowering.py, tests/integration/test_ortt_crosscheck.py). Nothing else needs
+# it: the library, the README's commands and the default tests use stock onnxruntime.
+# onnxruntime-training is frozen (last release 2024-09, wheels up to CPython 3.12) and provides
+# the same `onnxruntime` module as the stock package, hence a venv of its own.
 #
 #   bash scripts/ortt_venv.sh      # idempotent: an existing venv with the same pins is kept
 #

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create ./.venv-stock: a second virtual environment with the newest stock onnxruntime, onnx,
 # onnx_ir, numpy and the onnxruntime-ggml plugin execution provider, and without adamax-onnx
-# installed (a deployment). tests/test_portability.py trains the built models in it.
+# installed (a deployment). tests/integration/test_portability.py trains the built models in it.
 #
 #   bash scripts/stock_venv.sh     # idempotent: an existing venv with the same pins is kept
 #

@@ -1,7 +1,7 @@
 """Run pieces of adamax_onnx.federated inside the federated venv and write what they produced.
 
-tests/test_federated.py calls this in a separate process of the project's venv (Flower 1.42 +
-stock onnxruntime), as a device would run it. It computes, the test asserts:
+tests/federated/test_federated.py calls this in a separate process of the project's venv (Flower
+1.42 + stock onnxruntime), as a device would run it. It computes, the test asserts:
 
     python tests/federated_runner.py roundtrip JOB.json OUT.npz
     python tests/federated_runner.py aggregate JOB.json OUT.npz

@@ -1,8 +1,8 @@
 """Check the gradients of LSTM, GRU and RNN against torch references of the ONNX definitions.
 
 The torch references follow the ONNX definitions (onnx.defs.get_schema("LSTM").doc, ...) step by
-step; tests/test_autodiff_recurrent.py also checks them against torch.nn.LSTM / GRU with the
-weights mapped to the ONNX gate order, so that they are not only our reading of the spec.
+step; tests/passes/autodiff/rules/test_recurrent.py also checks them against torch.nn.LSTM / GRU
+with the weights mapped to the ONNX gate order, so that they are not only our reading of the spec.
 :func:`check_recurrent` runs :func:`tests.gradcheck.check_op` (float64 central differences and
 torch autograd); :func:`check_ort_vs_torch` covers what central differences cannot
 (sequence_lens, layout=1, clip, other activations).

@@ -1,6 +1,6 @@
 """Train adamax-onnx training models with nothing but stock onnxruntime, onnx and numpy.
 
-Run by tests/test_portability.py with the interpreter of the second virtual environment
+Run by tests/integration/test_portability.py with the interpreter of the second virtual environment
 (``.venv-stock``, made by scripts/stock_venv.sh), where onnxruntime is the ordinary package and
 adamax_onnx is not importable: this is what a user's deployment does. The binding follows the
 naming contract of adamax_onnx/passes/contract.py: every graph input ``X`` with an output ``X.updated`` is

@@ -2,7 +2,7 @@
 ``_checkparam`` raises for the same kind of value, and a message naming the argument and owner.
 
 The public classes that use them are checked against recorded MindSpore outcomes in
-test_validation.py, test_schedules.py, test_dynamic_lr.py and test_nonfinite.py.
+test_optimizer.py, test_schedules.py, test_dynamic_lr.py and passes/test_nonfinite.py.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 from the built model alone, at any step, without a training step.
 
 References are numpy float32 evaluations of the formulas (a table is its own reference); the
-end-to-end comparisons against every MindSpore schedule are in ``test_parity_schedules.py``.
+end-to-end comparisons against every MindSpore schedule are in
+``integration/test_parity_schedules.py``.
 """
 
 from __future__ import annotations

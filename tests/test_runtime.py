@@ -151,7 +151,7 @@ def test_what_the_runtime_uses_does_not_import_it(module):
 
 
 def test_the_session_pass_runs_no_session():
-    # model in, model out (the package-wide rules are in test_layering.py)
+    # model in, model out (the package-wide rules are in integration/test_layering.py)
     assert not any(m.startswith("onnxruntime") for m in _imports(PACKAGE / "passes/session.py"))
 
 

@@ -1,5 +1,5 @@
 """Argument values for the AdaMax argument-rule tests, shared by the MindSpore recorder
-(make_mindspore_adamax_args.py) and tests/test_bad_inputs.py.
+(make_mindspore_adamax_args.py) and tests/integration/test_bad_inputs.py.
 
 Values are named by a string tag so a recorded case is plain JSON. Parameters are written as
 ``{"P": name}``; the recorder turns them into ``mindspore.Parameter`` objects and the tests into

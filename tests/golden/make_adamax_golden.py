@@ -1,7 +1,7 @@
 """Record MindSpore ``nn.AdaMax`` trajectories (parameters and moments) as golden data.
 
 NEEDS MINDSPORE (2.10, CPU is enough); it is NOT run in CI and the test suite never imports
-mindspore: ``tests/test_mindspore_golden.py`` only reads the JSON written here
+mindspore: ``tests/integration/test_mindspore_golden.py`` only reads the JSON written here
 (``tests/golden/adamax_mindspore.json``) and replays the same gradients through
 ``adamax_onnx.build_optimizer_model``.
 
@@ -277,7 +277,7 @@ CONFIGS: list[dict] = [
 ]
 
 
-# -- deterministic values (reimplemented in tests/test_mindspore_golden.py) ---------------------
+# -- deterministic values (reimplemented in tests/integration/test_mindspore_golden.py) -----
 def hashed_values(shape: list[int], salt: int, step: int) -> np.ndarray:
     """float64 values in [-8, 8] from an integer hash of (element index, salt, step)."""
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1

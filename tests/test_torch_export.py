@@ -22,8 +22,8 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 import adamax_onnx as ax
+from tests.passes.test_ties import FreshCNN
 from tests.real_models import RNNClassifier
-from tests.test_ties import FreshCNN
 from tests.tiny_gpt2 import Logits, tiny_gpt2_lm
 from tests.torch_adamax import TorchAdaMax
 from tests.torch_compat import transformers_available

@@ -247,7 +247,7 @@ def test_bad_ignore_index():
 def _gpt2(seed=0):
     model = tiny_gpt2_lm(seed).eval()
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # distinct values: no merged initializers (see tests/test_ties.py)
+    with torch.no_grad():  # distinct values: no merged initializers (see tests/passes/test_ties.py)
         for p in model.parameters():
             p.add_(0.02 * torch.randn(p.shape, generator=gen))
     return model

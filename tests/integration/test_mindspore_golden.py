@@ -22,7 +22,7 @@ import adamax_onnx as ax
 from adamax_onnx import schedules
 from tests.reference import NumpyAdaMax, schedule, ulps
 
-GOLDEN = json.loads((Path(__file__).parent / "golden" / "adamax_mindspore.json").read_text())
+GOLDEN = json.loads((Path(__file__).parents[1] / "golden" / "adamax_mindspore.json").read_text())
 CONFIGS = {c["name"]: c for c in GOLDEN["configs"]}
 
 # Largest difference allowed, in units in the last place of the parameter's dtype: MindSpore and

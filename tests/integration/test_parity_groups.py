@@ -3,7 +3,8 @@
 Every case runs the optimizer graph in onnxruntime for >= 30 steps and compares parameters,
 moments, ``global_step`` and ``beta1_power`` with the independent numpy reference in
 ``tests/reference.py`` (which models MindSpore 2.10's ``nn.AdaMax``; that reference is itself
-checked against MindSpore's recorded trajectories in ``tests/test_mindspore_golden.py``).
+checked against MindSpore's recorded trajectories in
+``tests/integration/test_mindspore_golden.py``).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from adamax_onnx.cli import main as cli_main
 from adamax_onnx.models.mlp import build_mlp
 from tests.golden.adamax_arg_pool import PARAMS, VALUES, build_params, make_args
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).parents[1] / "golden"
 RECORDED = json.loads((GOLDEN / "mindspore_adamax_args.json").read_text(encoding="utf-8"))
 TYPES = {
     None: None,
@@ -750,7 +750,7 @@ def test_cli_error_in_a_real_process_has_no_traceback(cli_files):
         capture_output=True,
         text=True,
         timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent)),
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
     )
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr

@@ -515,7 +515,7 @@ def test_batchnorm_decomposition_matches_batchnorm():
 
 def test_batchnorm_training_mode_decomposes_on_batch_statistics():
     """Training mode (torch's train()) normalizes with the batch's statistics; the running
-    statistics are updated as state elsewhere (tests/test_train_mode.py)."""
+    statistics are updated as state elsewhere (tests/integration/test_train_mode.py)."""
     model, vals = _bn_model(training_mode=1)
     decomposed = DecomposeBatchNorm()(model).model
     assert all(n.op_type != "BatchNormalization" for n in decomposed.graph.node)

@@ -24,7 +24,7 @@ from adamax_onnx.federated.config import parse_faults, read_config
 from adamax_onnx.federated.data import split_by_label
 from adamax_onnx.federated.params import check_parameters, nonfinite_reason
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------- no Flower needed

@@ -33,7 +33,7 @@ import pytest
 
 import adamax_onnx as ax
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: The user documentation: the README and the pages it links in docs/.
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # ```js blocks show the JavaScript package (js/), whose TrainingSession has its own API.
@@ -208,7 +208,7 @@ def test_every_name_resolves_in_a_fresh_interpreter():
     """Nothing else imported first: the package itself makes every name reachable."""
     code = (
         "import json, sys\n"
-        "from tests.test_public_names import ALL_NAMES, unresolved\n"
+        "from tests.integration.test_public_names import ALL_NAMES, unresolved\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('adamax_onnx'))\n"
         "print(json.dumps({'missing': unresolved(ALL_NAMES), 'loaded': loaded}))\n"
     )

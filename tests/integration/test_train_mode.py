@@ -18,7 +18,7 @@ from torch import nn
 
 import adamax_onnx as ax
 from adamax_onnx.passes.dropout import dropout_keep
-from tests.test_ties import FreshCNN
+from tests.passes.test_ties import FreshCNN
 from tests.torch_adamax import TorchAdaMax
 
 STEPS = 12

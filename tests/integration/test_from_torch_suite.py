@@ -9,8 +9,8 @@ float64 (batch statistics over 4 values, chaotic trajectories), the criterion is
 losses are no further from float64 than torch float32's (the first step, and the worst step,
 times 2): the float32 noise of either side then decides, not a difference of semantics. Dropout is set to
 p=0 in train mode (torch's random masks cannot be reproduced; masks from the seed state are
-compared with torch in tests/test_train_mode.py). Frozen tensors (running statistics in eval
-mode) are bit-identical in the exported model, which reproduces the trained torch model.
+compared with torch in tests/integration/test_train_mode.py). Frozen tensors (running statistics in
+eval mode) are bit-identical in the exported model, which reproduces the trained torch model.
 
 The same suite exported with plain ``torch.onnx.export`` defaults (constant folding, merged
 tensors) trains like torch too, except where folding puts BatchNorm into the Conv.

@@ -5,8 +5,9 @@ for STEPS steps by tests/stock_runner.py in the second virtual environment ``.ve
 (stock onnxruntime 1.32, no adamax_onnx: a plain ``InferenceSession`` loop, as a deployment
 with no Python package of ours would run it), made by scripts/stock_venv.sh. The reference is
 this library's ``TrainingSession`` (IOBinding ping-pong) on the same batches; the gradients
-themselves are checked against torch and float64 differences elsewhere (tests/test_gradients.py,
-tests/test_autodiff_*.py, tests/test_real_models.py).
+themselves are checked against torch and float64 differences elsewhere
+(tests/passes/test_gradients.py, tests/passes/autodiff/rules/test_*.py,
+tests/integration/test_real_models.py).
 
 If the stock venv cannot be made, the tests fail: nothing here is skipped.
 """
@@ -33,7 +34,7 @@ from tests.venvs import venv_python
 # Every test here trains in .venv-stock (made on first use): run by the all-tests command.
 pytestmark = pytest.mark.venv
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 10
 BATCH = 16
 # Parameters agree to float32 rounding (thread counts and providers may order sums

@@ -32,7 +32,7 @@ import adamax_onnx as ax
 from adamax_onnx.checkpoint import checkpoint_file, read_checkpoint
 from adamax_onnx.models.mlp import build_mlp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TRIALS = 30
 
 CHILD = r"""

@@ -23,7 +23,7 @@ import pytest
 import adamax_onnx as ax
 from adamax_onnx.models.mlp import build_mlp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS, WARMUP, EVERY = 5000, 1000, 250
 
 CHILD = r"""
