@@ -18,19 +18,23 @@ them before feeding them back.
 (``chunk_size`` argument); the model file keeps the portable, parameter-shaped form.
 ``build_training_model(chunk_size=N)`` / ``build_optimizer_model(chunk_size=N)`` apply it last
 instead, so that the file itself holds the Scans.
+
+The pass edits an ``onnx_ir.Model`` in place (the region's nodes move into the Scan's body);
+called with an ``onnx.ModelProto`` it returns a new one.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, shape_inference
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
 
-from .base import GraphPass, PassResult
-from .builder import GraphBuilder
 from .contract import grad_name, m_name, updated, v_name
+from .infra import BuildPass
+from .irbuild import IRBuilder, inferred
 
 __all__ = ["ChunkUpdates", "DEFAULT_CHUNK_SIZE", "chunk_length"]
 
@@ -52,6 +56,13 @@ _ELEMENTWISE = {
     "Sub",
     "Where",
 }
+#: Comparisons and logic: broadcast shape, bool output.
+_BOOL_OUT = {"And", "Equal", "Greater", "IsInf", "IsNaN", "Less", "Not", "Or"}
+#: Ops whose output has the broadcast shape of their inputs.
+_BROADCASTING = _ELEMENTWISE | _BOOL_OUT
+
+#: name -> (element type or 0, static dims or None)
+_Shapes = dict[str, tuple[int, tuple[int, ...] | None]]
 
 
 def chunk_length(numel: int, chunk_size: int) -> int:
@@ -64,86 +75,68 @@ def chunk_length(numel: int, chunk_size: int) -> int:
     if chunk_size <= 0 or numel < 8 * (chunk_size // 2 or 1):
         return 0
     lo, hi = max(1, chunk_size // 2), min(2 * chunk_size, numel // 8)
-    for d in list(range(min(chunk_size, hi), lo - 1, -1)) + list(range(chunk_size + 1, hi + 1)):
-        if numel % d == 0:
-            return d
-    return 0
+    down, up = range(min(chunk_size, hi), lo - 1, -1), range(chunk_size + 1, hi + 1)
+    return next((d for d in itertools.chain(down, up) if numel % d == 0), 0)
 
 
-def _static_shapes(
-    model: onnx.ModelProto, known: dict[str, tuple[int, tuple[int, ...]]] | None = None
-) -> dict[str, tuple[int, tuple[int, ...] | None]]:
-    """name -> (elem type, static dims or None), by ONNX shape inference on a light copy.
+def _static(value: ir.Value | None) -> tuple[int, ...] | None:
+    """The value's dims when every one is known, else None."""
+    if value is None or value.shape is None or not value.shape.is_static():
+        return None
+    return tuple(int(d) for d in value.shape)
 
-    Initializers enter as inputs with their type only, so no tensor data is copied. ``known``
-    seeds shapes the graph does not declare (a gradient has its parameter's shape).
-    """
-    light = onnx.ModelProto()
-    light.ir_version = model.ir_version
-    light.opset_import.extend(model.opset_import)
-    light.functions.extend(model.functions)
-    g = light.graph
-    g.node.extend(model.graph.node)
-    g.input.extend(model.graph.input)
-    g.output.extend(model.graph.output)
-    g.value_info.extend(model.graph.value_info)
-    declared = {vi.name for vi in model.graph.input}
-    for init in model.graph.initializer:
-        if init.name not in declared:
-            g.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
-    try:
-        inferred = shape_inference.infer_shapes(light, strict_mode=False).graph
-    except Exception:  # noqa: BLE001 - an op onnx cannot infer: fall back to what is declared
-        inferred = g
-    out: dict[str, tuple[int, tuple[int, ...] | None]] = dict(known or {})
-    for vi in list(inferred.input) + list(inferred.value_info) + list(inferred.output):
-        tt = vi.type.tensor_type
-        if not tt.HasField("shape"):
-            out.setdefault(vi.name, (tt.elem_type, None))
-            continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
-        if out.get(vi.name, (0, None))[1] is None:
-            out[vi.name] = (tt.elem_type, None if -1 in dims else dims)
-    _propagate(model.graph.node, out)
+
+def _static_shapes(model: ir.Model, known: _Shapes) -> _Shapes:
+    """Element type and static dims of every value, by ONNX shape inference (on a copy that
+    shares the tensors). ``known`` seeds shapes the graph does not declare (a gradient has its
+    parameter's shape) and takes precedence."""
+    out: _Shapes = dict(known)
+    for name, value in inferred(model).items():
+        elem = int(value.dtype) if value.dtype is not None else 0
+        if value.shape is None:
+            out.setdefault(name, (elem, None))
+        elif out.get(name, (0, None))[1] is None:
+            out[name] = (elem, _static(value))
+    _propagate(model.graph, out)
     return out
 
 
-#: Comparisons and logic: broadcast shape, bool output.
-_BOOL_OUT = {"And", "Equal", "Greater", "IsInf", "IsNaN", "Less", "Not", "Or"}
-#: Ops whose output has the broadcast shape of their inputs.
-_BROADCASTING = _ELEMENTWISE | _BOOL_OUT
-
-
-def _propagate(nodes, shapes: dict) -> None:
+def _propagate(graph: ir.Graph, shapes: _Shapes) -> None:
     """Fill in static shapes ONNX inference left unknown, where a batch dimension is dynamic
     upstream: elementwise ops of known-shape inputs, and full reductions to a scalar."""
-    for node in nodes:
-        if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+    for node in graph:
+        if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue
-        out = node.output[0]
+        out = node.outputs[0].name
         if shapes.get(out, (0, None))[1] is not None:
             continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        ins = [shapes.get(i, (0, None)) for i in node.input if i]
+        attrs = {name: attr.value for name, attr in node.attributes.items()}
+        ins = [shapes.get(i.name, (0, None)) for i in node.inputs if i is not None]
         elem = shapes.get(out, (0, None))[0]
         if node.op_type in _BROADCASTING and ins and all(d is not None for _, d in ins):
             dims = tuple(np.broadcast_shapes(*(d for _, d in ins)))
             if not elem:
-                elem = TensorProto.BOOL if node.op_type in _BOOL_OUT else ins[-1][0]
-                elem = attrs.get("to", elem)
+                elem = ir.DataType.BOOL if node.op_type in _BOOL_OUT else ins[-1][0]
+                elem = int(attrs.get("to", elem))
             shapes[out] = (elem, dims)
         elif (
             node.op_type.startswith("Reduce")
             and attrs.get("keepdims", 1) == 0
             and "axes" not in attrs
             and not attrs.get("noop_with_empty_axes", 0)
-            and len([i for i in node.input if i]) == 1
+            and len([i for i in node.inputs if i is not None]) == 1
         ):
             shapes[out] = (elem or ins[0][0], ())
 
 
-class ChunkUpdates(GraphPass):
+class ChunkUpdates(BuildPass):
     """Update each large parameter of ``params`` by a Scan over chunks of its elementwise region.
+
+    An in-place pass on an ``onnx_ir.Model``: a pipeline runs it as an ir step, the last one
+    that edits the update (after the AdaMax update, the non-finite guard and the lowering: the
+    chunked regions include the guard's ``Where`` nodes). Called with an ``onnx.ModelProto``
+    (the runtime, :func:`passes.session.session_models`, tests) it returns a new one and
+    leaves the input as it was.
 
     Args:
         params: parameter names (graph inputs with ``.updated`` outputs).
@@ -151,6 +144,10 @@ class ChunkUpdates(GraphPass):
             count between half and twice it, leaving at least 8 chunks; a parameter without
             one, whose shape is not static, or whose update is not a closed elementwise region
             (e.g. already bucketed or chunked) is left as it is.
+
+    Guarantees afterwards: the ``.updated`` outputs of every chunked parameter (parameter,
+    ``m``, ``v``) are the outputs of one ``Scan``, declared ``[numel / chunk, chunk]``; the same
+    nodes run on the same values in the same order, so every output is bit-identical.
     """
 
     def __init__(self, params: Sequence[str], chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
@@ -159,18 +156,15 @@ class ChunkUpdates(GraphPass):
         self.params = list(params)
         self.chunk_size = chunk_size
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         graph = model.graph
-        inputs = {vi.name: vi for vi in graph.input}
+        inputs = {v.name: v for v in graph.inputs}
+        static = {p: _static(inputs.get(p)) for p in self.params}
         candidates = []
-        for p in self.params:
-            dims = inputs[p].type.tensor_type.shape.dim if p in inputs else []
-            if not dims or not all(d.HasField("dim_value") for d in dims):
-                continue
-            numel = int(np.prod([d.dim_value for d in dims]))
-            chunk = chunk_length(numel, self.chunk_size)
+        for p, full in static.items():
+            chunk = chunk_length(int(np.prod(full)), self.chunk_size) if full else 0
             if chunk:
-                candidates.append((p, tuple(d.dim_value for d in dims), chunk))
+                candidates.append((p, full, chunk))
         if not candidates:
             return PassResult(model, False)
 
@@ -178,151 +172,127 @@ class ChunkUpdates(GraphPass):
         # inference often cannot tell, because the batch dimension is dynamic upstream.
         # Every gradient is seeded, not only the candidates': the overflow guard reduces all of
         # them into the one flag whose shape the chunked regions need.
-        known = {}
-        for p in self.params:
-            dims = inputs[p].type.tensor_type.shape.dim if p in inputs else []
-            if dims and all(d.HasField("dim_value") for d in dims):
-                elem = inputs[p].type.tensor_type.elem_type
-                known[grad_name(p)] = (elem, tuple(d.dim_value for d in dims))
+        known = {
+            grad_name(p): (int(inputs[p].dtype or 0), full) for p, full in static.items() if full
+        }
         shapes = _static_shapes(model, known)
-        taken = {n for node in graph.node for n in list(node.input) + list(node.output)}
-        taken |= {vi.name for vi in list(graph.input) + list(graph.output)}
-        taken |= {i.name for i in graph.initializer} | {n.name for n in graph.node}
-        builder = GraphBuilder(taken)
-        outputs = {o.name: o for o in graph.output}
+        builder = IRBuilder(graph)
         modified = False
         for p, full, chunk in candidates:
-            nodes = list(graph.node)
-            found = _region(nodes, outputs, shapes, p, full)
-            if found is None:
-                continue
-            region, rows = found
-            start = len(builder.nodes)
-            _scan(builder, region, rows, p, full, chunk, shapes)
-            scan_nodes = builder.nodes[start:]
-            keep = [n for n in nodes if not any(n is r for r in region)]
-            last = max(i for i, n in enumerate(nodes) if any(n is r for r in region))
-            at = last - len(region) + 1  # position of the last region node among the kept
-            del graph.node[:]
-            graph.node.extend(keep[:at] + scan_nodes + keep[at:])
-            internal = {o for n in region for o in n.output}
-            kept_vi = [vi for vi in graph.value_info if vi.name not in internal]
-            del graph.value_info[:]
-            graph.value_info.extend(kept_vi)
-            for name in _targets(p, outputs):
-                vi = outputs[name]
-                vi.CopyFrom(
-                    helper.make_tensor_value_info(
-                        name, vi.type.tensor_type.elem_type, [int(np.prod(full)) // chunk, chunk]
-                    )
-                )
-            modified = True
-        graph.initializer.extend(builder.initializers)
+            region = _region(graph, shapes, p, full)
+            if region is not None:
+                _scan(graph, builder, *region, p, full, chunk, shapes)
+                modified = True
         return PassResult(model, modified)
 
 
-def _targets(p: str, outputs: dict) -> list[str]:
+def _targets(p: str, outputs: dict[str, ir.Value]) -> list[str]:
     return [updated(n) for n in (p, m_name(p), v_name(p)) if updated(n) in outputs]
 
 
 def _region(
-    nodes: list[onnx.NodeProto],
-    outputs: dict,
-    shapes: dict,
-    p: str,
-    full: tuple[int, ...],
-) -> tuple[list[onnx.NodeProto], list[str]] | None:
-    """The elementwise nodes computing ``p``'s updated tensors, and the full-shape tensors they
-    read from outside (the row inputs); None if there is no closed region."""
-    producer = {o: n for n in nodes for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    graph: ir.Graph, shapes: _Shapes, p: str, full: tuple[int, ...]
+) -> tuple[list[ir.Node], list[ir.Value]] | None:
+    """The elementwise nodes computing ``p``'s updated tensors, in graph order, and the
+    full-shape values they read from outside (the row inputs, sorted by name); None if there is no
+    closed region."""
+    outputs = {v.name: v for v in graph.outputs}
 
-    def dims(name: str) -> tuple[int, ...] | None:
-        return shapes.get(name, (0, None))[1]
+    def dims(value: ir.Value | None) -> tuple[int, ...] | None:
+        return None if value is None else shapes.get(value.name, (0, None))[1]
 
-    def eligible(node: onnx.NodeProto | None) -> bool:
+    def eligible(node: ir.Node | None) -> bool:
         return (
             node is not None
+            and node.graph is graph
             and node.domain in ("", "ai.onnx")
             and node.op_type in _ELEMENTWISE
-            and len(node.output) == 1
-            and dims(node.output[0]) == full
-            and all(i and dims(i) in ((), full) for i in node.input)
+            and len(node.outputs) == 1
+            and dims(node.outputs[0]) == full
+            and all(dims(i) in ((), full) for i in node.inputs)
         )
 
     targets = _targets(p, outputs)
     if not targets:
         return None
-    region: list[onnx.NodeProto] = []
-    rows: list[str] = []
-    seen: set[str] = set()
-    stack = list(targets)
+    region: set[ir.Node] = set()
+    rows: list[ir.Value] = []
+    seen: set[ir.Value] = set()
+    stack = [outputs[t] for t in targets]
     while stack:
-        t = stack.pop()
-        if t in seen:
+        value = stack.pop()
+        if value in seen:
             continue
-        seen.add(t)
-        node = producer.get(t)
+        seen.add(value)
+        node = value.producer()
         if eligible(node):
-            region.append(node)
-            stack.extend(i for i in node.input if dims(i) == full)
-        elif t in targets or dims(t) != full:
+            region.add(node)
+            stack.extend(i for i in node.inputs if dims(i) == full)
+        elif value.name in targets or dims(value) != full:
             return None  # a target not computed elementwise (bucketed, chunked, ...)
         else:
-            rows.append(t)
-    members = {id(n) for n in region}
+            rows.append(value)
     for n in region:
-        o = n.output[0]
-        if o in outputs and o not in targets:
+        o = n.outputs[0]
+        if o.is_graph_output() and o.name not in targets:
             return None
-        if any(id(c) not in members for c in consumers.get(o, [])):
+        if any(use.node not in region for use in o.uses()):
             return None  # an intermediate is also read outside the region
-    order = {id(n): i for i, n in enumerate(nodes)}
-    region.sort(key=lambda n: order[id(n)])
-    return region, sorted(rows)
+    return [n for n in graph if n in region], sorted(rows, key=lambda v: v.name)
 
 
 def _scan(
-    builder: GraphBuilder,
-    region: list[onnx.NodeProto],
-    rows: list[str],
+    graph: ir.Graph,
+    builder: IRBuilder,
+    region: list[ir.Node],
+    rows: list[ir.Value],
     p: str,
     full: tuple[int, ...],
     chunk: int,
-    shapes: dict,
+    shapes: _Shapes,
 ) -> None:
-    """Append to ``builder`` Reshapes of the row inputs and the Scan that replaces ``region``."""
-    outputs = [n.output[0] for n in region]
-    targets = [t for t in (updated(p), updated(m_name(p)), updated(v_name(p))) if t in outputs]
+    """Move ``region`` into the body of a Scan over rows of ``chunk`` elements, put with the
+    Reshapes of its row inputs where its last node was; the Scan's outputs take the place of
+    the region's graph outputs (same names), declared in chunk layout."""
+    produced = {n.outputs[0].name: n.outputs[0] for n in region}
+    names = (updated(p), updated(m_name(p)), updated(v_name(p)))
+    targets = [produced[t] for t in names if t in produced]
     prefix = f"{p}.adamax.chunks"
     numel = int(np.prod(full))
     rows_shape = builder.const(np.array([numel // chunk, chunk], np.int64), np.int64, prefix)
-    renamed = {r: builder.unique(f"{r}.row") for r in rows}
-    renamed.update({t: builder.unique(f"{t}.row") for t in targets})
-    body_nodes = []
-    for n in region:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(n)
-        copy.input[:] = [renamed.get(i, i) for i in n.input]
-        copy.output[:] = [renamed.get(o, o) for o in n.output]
-        body_nodes.append(copy)
-    body = helper.make_graph(
-        body_nodes,
-        f"{prefix}.body",
-        [helper.make_tensor_value_info(renamed[r], shapes[r][0], [chunk]) for r in rows],
-        [helper.make_tensor_value_info(renamed[t], shapes[t][0], [chunk]) for t in targets],
+    row_names = [builder.unique(f"{r.name}.row") for r in rows]
+    target_names = [builder.unique(f"{t.name}.row") for t in targets]
+    builder.nodes = []
+    reshaped = [builder.op("Reshape", [r, rows_shape], f"{r.name}.chunked") for r in rows]
+
+    def row_type(name: str) -> ir.TensorType:
+        return ir.TensorType(ir.DataType(shapes[name][0]))
+
+    members = set(region)
+    body_inputs = []
+    for r, name in zip(rows, row_names, strict=True):
+        inner = ir.Value(name=name, type=row_type(r.name), shape=ir.Shape([chunk]))
+        for use in list(r.uses()):
+            if use.node in members:
+                use.node.replace_input_with(use.idx, inner)
+        body_inputs.append(inner)
+    results = [
+        ir.Value(name=t.name, type=t.type, shape=ir.Shape([numel // chunk, chunk])) for t in targets
+    ]
+    for n in region:  # the body declares its rows only
+        n.outputs[0].type = n.outputs[0].shape = None
+    for t, name, result in zip(targets, target_names, results, strict=True):
+        graph.outputs[graph.outputs.index(t)] = result
+        t.name, t.type, t.shape = name, row_type(result.name), ir.Shape([chunk])
+    graph.insert_after(region[-1], builder.nodes)
+    graph.remove(region)
+    body = ir.Graph(body_inputs, targets, nodes=region, name=f"{prefix}.body")
+    scan = ir.Node(
+        "",
+        "Scan",
+        reshaped,
+        attributes=[ir.AttrGraph("body", body), ir.AttrInt64("num_scan_inputs", len(rows))],
+        outputs=results,
+        name=builder.unique(f"{prefix}/Scan"),
     )
-    reshaped = [builder.op("Reshape", [r, rows_shape], f"{r}.chunked") for r in rows]
-    builder.nodes.append(
-        helper.make_node(
-            "Scan",
-            reshaped,
-            targets,
-            name=builder.unique(f"{prefix}/Scan"),
-            body=body,
-            num_scan_inputs=len(reshaped),
-        )
-    )
+    graph.insert_after(builder.nodes[-1], scan)

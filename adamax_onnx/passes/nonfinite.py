@@ -1,8 +1,5 @@
 """Overflow guard pass: skip an update whose gradients hold NaN/Inf, and loss scaling as state.
 
-(About 400 lines, one module: one pass whose stages below share one builder and one renaming
-of the graph's tensors; each stage is a method.)
-
 This is MindSpore's ``nn.TrainOneStepWithLossScaleCell`` expressed in the training graph, so a
 step stays one ``run``:
 
@@ -30,12 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
 
-from .base import GraphPass, PassResult
-from .builder import GraphBuilder
 from .contract import grad_name, updated
+from .infra import BuildPass
+from .irbuild import IRBuilder
 
 __all__ = [
     "GuardNonFinite",
@@ -55,12 +52,13 @@ LOSS_SCALE_CUR_ITER = "adamax.loss_scale.cur_iter"
 #: int32 scalar state: ``DynamicLossScaleUpdateCell.last_overflow_iter`` (starts at 0).
 LOSS_SCALE_LAST_OVERFLOW_ITER = "adamax.loss_scale.last_overflow_iter"
 
-_NATIVE = (TensorProto.FLOAT, TensorProto.DOUBLE)
+_FLOAT = ir.DataType.FLOAT
+_NATIVE = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
 #: Magnitudes that round to +-Inf in a narrow float type (round to nearest even): halfway
 #: between its largest finite value and the next power of two.
 _OVERFLOW_AT = {
-    TensorProto.FLOAT16: 65520.0,
-    TensorProto.BFLOAT16: float(np.float32((2 - 2**-8) * 2.0**127)),
+    ir.DataType.FLOAT16: 65520.0,
+    ir.DataType.BFLOAT16: float(np.float32((2 - 2**-8) * 2.0**127)),
 }
 
 
@@ -86,8 +84,15 @@ class LossScaleSpec:
     unscale: bool = True
 
 
-class GuardNonFinite(GraphPass):
+class GuardNonFinite(BuildPass):
     """Apply loss scaling and/or skip non-finite updates in a graph built by the AdaMax pass.
+
+    An in-place pass on an ``onnx_ir.Model``. A pipeline runs it as an ir step right after the
+    AdaMax update, ``GuardNonFinite(params, skip=..., loss=..., loss_scale=...)`` (what
+    ``loss_scale.apply_guard`` makes of the user's options), and reads :meth:`state_inputs`
+    afterwards for the contract (``loss_scale.OverflowGuard``). Called with an
+    ``onnx.ModelProto`` (the runtime, ``apply_guard``, tests) it returns a new ``ModelProto``
+    and leaves the input as it was.
 
     Args:
         params: the trained parameter names (their gradients are ``<p>_grad``).
@@ -101,7 +106,8 @@ class GuardNonFinite(GraphPass):
     graph input (other than the loss-scale state) equals ``X`` when the bool output
     ``adamax.overflow`` is True; a dynamic scale adds the state inputs :data:`LOSS_SCALE`,
     :data:`LOSS_SCALE_CUR_ITER`, :data:`LOSS_SCALE_LAST_OVERFLOW_ITER` with defaults and
-    ``.updated`` outputs (always updated).
+    ``.updated`` outputs (always updated). Nodes are in topological order, and keep their
+    relative order otherwise.
     """
 
     def __init__(
@@ -126,151 +132,129 @@ class GuardNonFinite(GraphPass):
             return [LOSS_SCALE, LOSS_SCALE_CUR_ITER, LOSS_SCALE_LAST_OVERFLOW_ITER]
         return []
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model) -> PassResult:
         if not self.skip and self.loss_scale is None:
             return PassResult(model, False)
         graph = model.graph
-        inputs = {i.name for i in graph.input}
-        producers = {o: n for n in graph.node for o in n.output}
-        elem = _elem_types(graph)
-        shapes = {
-            i.name: tuple(
-                d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim
-            )
-            for i in graph.input
-        }
+        values = ir.convenience.create_value_mapping(graph)
+        grads = {}
         for p in self.params:
-            if grad_name(p) not in producers and grad_name(p) not in inputs:
+            if grad_name(p) not in values:
                 raise ValueError(f"GuardNonFinite: no gradient tensor {grad_name(p)!r} for {p!r}")
-        taken = {vi.name for vi in list(graph.input) + list(graph.output) + list(graph.value_info)}
-        taken |= {i.name for i in graph.initializer} | set(producers) | {n.name for n in graph.node}
-        g = GraphBuilder(taken)
-        new_inputs: list[onnx.ValueInfoProto] = []
-        new_outputs: list[onnx.ValueInfoProto] = []
-        defaults: list[onnx.TensorProto] = []
-        f32 = np.float32
+            grads[p] = values[grad_name(p)]
+        g = IRBuilder(graph)
+        existing = list(graph)
+        state: list[tuple[ir.Value, np.ndarray]] = []  # inputs added, with their defaults
 
-        def state(name: str, dtype: int, value: np.ndarray) -> str:
+        def state_input(name: str, value: np.ndarray) -> ir.Value:
             g.reserve(name)
             g.reserve(updated(name))
-            new_inputs.append(helper.make_tensor_value_info(name, dtype, []))
-            new_outputs.append(helper.make_tensor_value_info(updated(name), dtype, []))
-            defaults.append(numpy_helper.from_array(value, name))
-            return name
+            dtype = ir.DataType.from_numpy(value.dtype)
+            state.append(
+                (ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape([])), value)
+            )
+            return state[-1][0]
 
-        rewire: dict[str, str] = {}  # tensor -> the tensor its readers read instead
+        unscaled: dict[str, ir.Value] = {}  # parameter -> the gradient its readers read instead
         spec = self.loss_scale
         scale = None
         if spec is not None:
             if spec.dynamic:
-                scale = state(LOSS_SCALE, TensorProto.FLOAT, np.array(spec.init, f32))
-                cur_iter = state(LOSS_SCALE_CUR_ITER, TensorProto.INT32, np.array(1, np.int32))
-                last_iter = state(
-                    LOSS_SCALE_LAST_OVERFLOW_ITER, TensorProto.INT32, np.array(0, np.int32)
-                )
+                scale = state_input(LOSS_SCALE, np.array(spec.init, np.float32))
+                cur_iter = state_input(LOSS_SCALE_CUR_ITER, np.array(1, np.int32))
+                last_iter = state_input(LOSS_SCALE_LAST_OVERFLOW_ITER, np.array(0, np.int32))
             else:
-                scale = g.const(spec.init, f32, "adamax.loss_scale_value")
+                scale = g.const(spec.init, np.float32, "adamax.loss_scale_value")
             self._seed_from(graph, g, scale)
             if spec.unscale:
-                rewire.update(self._unscale(g, scale, elem))
+                unscaled = self._unscale(g, scale, grads, values)
 
-        overflow = None
+        outputs: list[tuple[ir.Value, ir.DataType]] = []  # outputs added, with their types
         if self.skip:
-            finite = self._all_finite(g, elem, shapes)
+            finite = self._all_finite(g, grads, values, graph)
             g.reserve(OVERFLOW)
             overflow = g.op("Not", [finite], "adamax.overflow", output=OVERFLOW)
-            new_outputs.append(helper.make_tensor_value_info(OVERFLOW, TensorProto.BOOL, []))
-            rewire.update(self._gate_state(graph, g, inputs, finite))
+            outputs.append((overflow, ir.DataType.BOOL))
+            self._gate_state(graph, g, finite)
 
-        # Rename in the existing nodes: consumers of raw gradients read the unscaled ones, and
-        # producers/consumers of gated outputs use the candidate name.
-        for node in graph.node:
-            for i, name in enumerate(node.input):
-                if name in rewire:
-                    node.input[i] = rewire[name]
-            for i, name in enumerate(node.output):
-                if name in rewire and name.endswith(".updated"):
-                    node.output[i] = rewire[name]
+        # Readers of a raw gradient (the update, not the guard's own nodes) read it unscaled.
+        own = set(g.nodes)
+        for p, value in unscaled.items():
+            for use in list(grads[p].uses()):
+                if use.node not in own:
+                    use.node.replace_input_with(use.idx, value)
 
         if spec is not None and spec.dynamic:
-            self._dynamic_update(g, spec, scale, cur_iter, last_iter, overflow)
+            new_state = self._dynamic_update(g, spec, scale, cur_iter, last_iter, overflow)
+            outputs = [
+                (out, value.dtype) for out, (value, _) in zip(new_state, state, strict=True)
+            ] + outputs
 
         # New nodes sit between existing ones (the seed before the backward pass, the unscaling
         # between gradients and the update): restore a topological order.
-        nodes = _toposort(list(graph.node) + g.nodes)
-        del graph.node[:]
-        graph.node.extend(nodes)
-        graph.initializer.extend(g.initializers)
-        graph.initializer.extend(defaults)
-        graph.input.extend(new_inputs)
-        graph.output.extend(new_outputs)
+        graph.remove(existing)
+        graph.extend(_toposort(existing + g.nodes))
+        for value, default in state:
+            value.const_value = ir.tensor(default, name=value.name)
+            graph.register_initializer(value)
+            graph.inputs.append(value)
+        for out, dtype in outputs:
+            out.type, out.shape = ir.TensorType(dtype), ir.Shape([])
+            graph.outputs.append(out)
         return PassResult(model, True)
 
-    # -- pieces ----------------------------------------------------------------------------------
-    def _unscale(self, g: GraphBuilder, scale: str, elem: dict[str, int]) -> dict[str, str]:
-        """``<p>_grad * Cast(1/scale)`` for every parameter: raw gradient -> unscaled one."""
+    # -- stages ----------------------------------------------------------------------------------
+    def _grad_type(self, p: str, grads: dict, values: dict) -> ir.DataType:
+        """A gradient's element type: as declared, else its parameter's, else float32."""
+        param = values.get(p)
+        return grads[p].dtype or (param.dtype if param is not None else None) or _FLOAT
+
+    def _unscale(
+        self, g: IRBuilder, scale: ir.Value, grads: dict, values: dict
+    ) -> dict[str, ir.Value]:
+        """``<p>_grad * Cast(1/scale)`` for every parameter: parameter -> unscaled gradient."""
         recip = g.op("Reciprocal", [scale], "adamax.loss_scale_reciprocal")
-        recip_by_type: dict[int, str] = {TensorProto.FLOAT: recip}
+        recip_by_type = {_FLOAT: recip}
         unscaled = {}
         for p in self.params:
-            dt = elem.get(grad_name(p), TensorProto.FLOAT)
+            dt = self._grad_type(p, grads, values)
             if dt not in recip_by_type:
                 recip_by_type[dt] = g.op(
-                    "Cast", [recip], "adamax.loss_scale_reciprocal_cast", to=dt
+                    "Cast", [recip], "adamax.loss_scale_reciprocal_cast", to=int(dt)
                 )
-            unscaled[grad_name(p)] = g.op(
-                "Mul", [grad_name(p), recip_by_type[dt]], f"{p}.grad_unscaled"
-            )
+            unscaled[p] = g.op("Mul", [grads[p], recip_by_type[dt]], f"{p}.grad_unscaled")
         return unscaled
 
-    def _all_finite(
-        self, g: GraphBuilder, elem: dict[str, int], shapes: dict[str, tuple[int, ...]]
-    ) -> str:
+    def _all_finite(self, g: IRBuilder, grads: dict, values: dict, graph: ir.Graph) -> ir.Value:
         """The bool scalar ``adamax.all_finite``: every (raw) gradient is finite."""
+        inputs = {v.name: v for v in graph.inputs}
         sums = []
-        zeros: dict[int, str] = {}
+        zeros: dict[ir.DataType, ir.Value] = {}
         for p in self.params:
             # The raw gradient: finite raw <=> finite unscaled (1/scale is in (0, 1]).
-            t = grad_name(p)
-            dt = elem.get(grad_name(p), TensorProto.FLOAT)
+            t = grads[p]
+            dt = self._grad_type(p, grads, values)
             limit = _OVERFLOW_AT.get(dt)
             if dt not in _NATIVE:
-                t = g.op("Cast", [t], f"{p}.grad_float", to=TensorProto.FLOAT)
-                dt = TensorProto.FLOAT
+                t = g.op("Cast", [t], f"{p}.grad_float", to=int(_FLOAT))
+                dt = _FLOAT
             if dt not in zeros:
-                zeros[dt] = g.const(0, helper.tensor_dtype_to_np_dtype(dt), "adamax.zero")
+                zeros[dt] = g.const(0, dt.numpy(), "adamax.zero")
             z = g.op("Mul", [t, zeros[dt]], f"{p}.grad_times_zero")
             s = g.op("ReduceSum", [z], f"{p}.grad_nonfinite_probe", keepdims=0)
-            if dt != TensorProto.FLOAT:
-                s = g.op("Cast", [s], f"{p}.grad_nonfinite_probe_float", to=TensorProto.FLOAT)
-            if limit is not None and 0 not in shapes.get(p, ()):
+            if dt != _FLOAT:
+                s = g.op("Cast", [s], f"{p}.grad_nonfinite_probe_float", to=int(_FLOAT))
+            shape = inputs[p].shape if p in inputs else None
+            if limit is not None and 0 not in tuple(shape or ()):
                 # onnxruntime's CPU provider computes float16 nodes in float32 and may never
                 # round a gradient to float16: a value that would round to +-Inf there
                 # counts as an overflow, as it does where float16 is computed natively.
-                biggest = g.op(
-                    "ReduceMax",
-                    [g.op("Abs", [t], f"{p}.grad_abs_probe")],
-                    f"{p}.grad_max_abs",
-                    keepdims=0,
-                )
-                too_big = g.op(
-                    "GreaterOrEqual",
-                    [biggest, g.const(limit, np.float32, "adamax.narrow_float_overflow_at")],
-                    f"{p}.grad_out_of_range",
-                )
-                s = g.op(
-                    "Add",
-                    [
-                        s,
-                        g.op(
-                            "Cast",
-                            [too_big],
-                            f"{p}.grad_out_of_range_float",
-                            to=TensorProto.FLOAT,
-                        ),
-                    ],
-                    f"{p}.grad_overflow_probe",
-                )
+                abs_t = g.op("Abs", [t], f"{p}.grad_abs_probe")
+                biggest = g.op("ReduceMax", [abs_t], f"{p}.grad_max_abs", keepdims=0)
+                at = g.const(limit, np.float32, "adamax.narrow_float_overflow_at")
+                too_big = g.op("GreaterOrEqual", [biggest, at], f"{p}.grad_out_of_range")
+                big = g.op("Cast", [too_big], f"{p}.grad_out_of_range_float", to=int(_FLOAT))
+                s = g.op("Add", [s, big], f"{p}.grad_overflow_probe")
             sums.append(s)
         # A chain of Adds rather than one Sum: every execution provider has Add (the ggml
         # plugin has no Sum), and shape inference follows it without constants.
@@ -278,128 +262,107 @@ class GuardNonFinite(GraphPass):
         for k, s in enumerate(sums[1:], start=1):
             name = "adamax.nonfinite_probe" if k == len(sums) - 1 else f"adamax.probe_sum{k}"
             total = g.op("Add", [total, s], name)
-        return g.op(
-            "Equal", [total, g.const(0.0, np.float32, "adamax.zero_f32")], "adamax.all_finite"
-        )
+        zero = g.const(0.0, np.float32, "adamax.zero_f32")
+        return g.op("Equal", [total, zero], "adamax.all_finite")
 
-    def _gate_state(
-        self, graph: onnx.GraphProto, g: GraphBuilder, inputs: set[str], finite: str
-    ) -> dict[str, str]:
+    def _gate_state(self, graph: ir.Graph, g: IRBuilder, finite: ir.Value) -> None:
         """Every carried state output ``X.updated`` becomes ``Where(all_finite, new X, X)``;
-        returns the renaming of the ``X.updated`` producers to their ``.candidate`` outputs."""
-        renamed = {}
+        the value it replaces, renamed ``X.updated.candidate``, keeps its readers."""
+        inputs = {v.name: v for v in graph.inputs}
         own = set(self.state_inputs())
-        for out in graph.output:
+        for k, out in enumerate(list(graph.outputs)):
             name = out.name
             if not name.endswith(".updated"):
                 continue
             source = name[: -len(".updated")]
             if source not in inputs or source in own:
                 continue
-            candidate = g.unique(f"{name}.candidate")
-            renamed[name] = candidate
-            g.op("Where", [finite, candidate, source], f"{source}.skip_if_overflow", output=name)
-        return renamed
+            out.name = g.unique(f"{name}.candidate")
+            gated = g.op(
+                "Where", [finite, out, inputs[source]], f"{source}.skip_if_overflow", output=name
+            )
+            gated.type, gated.shape = out.type, out.shape
+            out.type = out.shape = None  # an intermediate now: the model states no type for it
+            graph.outputs[k] = gated
 
-    def _seed_from(self, graph: onnx.GraphProto, g: GraphBuilder, scale: str) -> None:
+    def _seed_from(self, graph: ir.Graph, g: IRBuilder, scale: ir.Value) -> None:
         """Replace the constant seed ``<loss>_grad`` by ``ones_like(loss) * cast(scale)``."""
-        seed = grad_name(self.loss)
-        idx = next((i for i, t in enumerate(graph.initializer) if t.name == seed), None)
-        if idx is None:
+        name = grad_name(self.loss)
+        seed = graph.initializers.get(name)
+        if seed is None:
             raise ValueError(
-                f"GuardNonFinite: the graph has no loss-gradient seed initializer {seed!r}"
+                f"GuardNonFinite: the graph has no loss-gradient seed initializer {name!r}"
             )
-        init = graph.initializer[idx]
-        dims = list(init.dims)
-        dtype = init.data_type
-        del graph.initializer[idx]
-        cast = g.op("Cast", [scale], "adamax.loss_scale_seed", to=dtype)
+        dims = list(seed.const_value.shape)
+        del graph.initializers[name]
+        new = g.op("Cast", [scale], "adamax.loss_scale_seed", to=int(seed.const_value.dtype))
         if dims:
-            g.op(
+            new = g.op(
                 "Reshape",
-                [cast, g.const(np.array(dims, np.int64), np.int64, "adamax.seed_shape")],
+                [new, g.const(np.array(dims, np.int64), np.int64, "adamax.seed_shape")],
                 "adamax.loss_scale_seed_shaped",
-                output=seed,
+                output=name,
             )
-        else:
-            g.nodes[-1].output[0] = seed
+        ir.convenience.replace_all_uses_with(seed, new)
+        new.name = name
 
     @staticmethod
     def _dynamic_update(
-        g: GraphBuilder,
+        g: IRBuilder,
         spec: LossScaleSpec,
-        scale: str,
-        cur_iter: str,
-        last_iter: str,
-        overflow: str,
-    ) -> None:
-        """``DynamicLossScaleUpdateCell.construct``, op for op (float32 scale, int32 iters)."""
+        scale: ir.Value,
+        cur_iter: ir.Value,
+        last_iter: ir.Value,
+        overflow: ir.Value,
+    ) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """``DynamicLossScaleUpdateCell.construct``, op for op (float32 scale, int32 iters);
+        returns the next scale, ``cur_iter`` and ``last_overflow_iter``."""
         f32 = np.float32
         factor = g.const(spec.scale_factor, f32, "adamax.loss_scale_factor")
         recip_factor = g.op("Reciprocal", [factor], "adamax.loss_scale_factor_reciprocal")
-        down = g.op(
-            "Max",
-            [
-                g.op("Mul", [scale, recip_factor], "adamax.loss_scale_divided"),
-                g.const(1.0, f32, "adamax.minimum_loss_scale"),
-            ],
-            "adamax.loss_scale_decreased",
-        )
+        divided = g.op("Mul", [scale, recip_factor], "adamax.loss_scale_divided")
+        minimum = g.const(1.0, f32, "adamax.minimum_loss_scale")
+        down = g.op("Max", [divided, minimum], "adamax.loss_scale_decreased")
         on_overflow = g.op("Where", [overflow, down, scale], "adamax.loss_scale_on_overflow")
         window = g.const(spec.scale_window, np.int32, "adamax.loss_scale_window")
         since = g.op("Sub", [cur_iter, last_iter], "adamax.loss_scale_clean_steps")
         should_inc = g.op("LessOrEqual", [window, since], "adamax.loss_scale_should_inc")
         last_cond = g.op("Or", [overflow, should_inc], "adamax.loss_scale_reset_window")
-        g.op(
+        new_last = g.op(
             "Where",
             [last_cond, cur_iter, last_iter],
             "adamax.loss_scale_last_overflow_iter",
             output=updated(LOSS_SCALE_LAST_OVERFLOW_ITER),
         )
-        inc_cond = g.op(
-            "And",
-            [should_inc, g.op("Not", [overflow], "adamax.loss_scale_no_overflow")],
-            "adamax.loss_scale_increase",
-        )
+        no_overflow = g.op("Not", [overflow], "adamax.loss_scale_no_overflow")
+        inc_cond = g.op("And", [should_inc, no_overflow], "adamax.loss_scale_increase")
         up = g.op("Mul", [on_overflow, factor], "adamax.loss_scale_increased")
-        g.op("Where", [inc_cond, up, on_overflow], "adamax.loss_scale", output=updated(LOSS_SCALE))
-        g.op(
+        new_scale = g.op(
+            "Where", [inc_cond, up, on_overflow], "adamax.loss_scale", output=updated(LOSS_SCALE)
+        )
+        one = g.const(1, np.int32, "adamax.one_i32")
+        new_iter = g.op(
             "Add",
-            [cur_iter, g.const(1, np.int32, "adamax.one_i32")],
+            [cur_iter, one],
             "adamax.loss_scale_cur_iter",
             output=updated(LOSS_SCALE_CUR_ITER),
         )
+        return new_scale, new_iter, new_last
 
 
-def _elem_types(graph: onnx.GraphProto) -> dict[str, int]:
-    """Element type of every named tensor whose type is known without shape inference."""
-    types: dict[str, int] = {}
-    for vi in list(graph.value_info) + list(graph.output) + list(graph.input):
-        if vi.type.HasField("tensor_type"):
-            types[vi.name] = vi.type.tensor_type.elem_type
-    for init in graph.initializer:
-        types[init.name] = init.data_type
-    # A parameter's gradient has the parameter's type.
-    for name, t in list(types.items()):
-        types.setdefault(grad_name(name), t)
-    return types
-
-
-def _toposort(nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+def _toposort(nodes: list[ir.Node]) -> list[ir.Node]:
     """Stable topological order (Kahn): a node follows the producers of its inputs, and keeps
-    its relative position otherwise. Subgraph inputs count as inputs of the node that holds it.
-    """
-    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    its relative position otherwise. What a subgraph reads counts as read by its node."""
+    producer = {id(o): i for i, n in enumerate(nodes) for o in n.outputs}
     deps: list[set[int]] = []
-    for node in nodes:
-        names = set(node.input)
-        for attr in node.attribute:
-            for sub in list(attr.g.node if attr.HasField("g") else []) + [
-                n for gr in attr.graphs for n in gr.node
-            ]:
-                names.update(sub.input)
-        deps.append({producer[n] for n in names if n in producer} - {len(deps)})
-    users: dict[int, list[int]] = {i: [] for i in range(len(nodes))}
+    for i, node in enumerate(nodes):
+        read = list(node.inputs)
+        for attr in node.attributes.values():
+            subgraphs = {ir.AttributeType.GRAPH: [attr.value], ir.AttributeType.GRAPHS: attr.value}
+            for sub in subgraphs.get(attr.type, []):
+                read += [v for n in ir.traversal.RecursiveGraphIterator(sub) for v in n.inputs]
+        deps.append({producer[id(v)] for v in read if v is not None and id(v) in producer} - {i})
+    users: list[list[int]] = [[] for _ in nodes]
     for i, d in enumerate(deps):
         for j in d:
             users[j].append(i)

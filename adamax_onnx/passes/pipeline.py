@@ -191,7 +191,7 @@ def update_steps(
             )
         )
     if chunker is not None:  # last: the chunked regions include the guard's Where nodes
-        steps.append(ProtoStep(chunker.call, "ChunkUpdates"))
+        steps.append(chunker)  # an ir step (passes.chunking)
     return steps
 
 
