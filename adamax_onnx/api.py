@@ -17,6 +17,7 @@ import json
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -29,9 +30,11 @@ from .passes.adamax import DEFAULT_BUCKET_SIZE
 from .passes.builder import IR_VERSION, OPSET
 from .passes.chunking import ChunkUpdates
 from .passes.contract import Contract, grad_name, lr_input_name
-from .passes.gradients import GradientBuilder
 from .passes.names import KEEP_TIES_KEY, LOSS_NAME, is_generated_name
 from .safety import check_in_memory_model, load_model_file
+
+if TYPE_CHECKING:
+    from .passes.gradients import GradientBuilder
 
 # The build pipeline (passes.pipeline) is imported on first use: it loads onnx_ir (and through
 # it sympy), which ``import adamax_onnx`` does not need to run a training model.

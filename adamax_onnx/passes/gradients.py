@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import helper, numpy_helper
+from onnx_ir.passes import PassResult
 
 from .autodiff import AutodiffBuilder
 from .autodiff.errors import GradientBuildError
-from .base import GraphPass, PassResult
 from .contract import grad_name
+from .infra import BuildPass, Step
 from .names import LOG_PROB_NAME
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "BuildGradients",
     "GradientBuildError",
     "GradientBuilder",
+    "InPlaceGradientBuilder",
     "OrtGradientBuilder",
 ]
 
@@ -87,8 +90,22 @@ class OrtGradientBuilder:
             ) from exc
 
 
-class BuildGradients(GraphPass):
+@runtime_checkable
+class InPlaceGradientBuilder(GradientBuilder, Protocol):
+    """A :class:`GradientBuilder` that also adds the ``p_grad`` outputs to an ``onnx_ir.Model``
+    in place (:class:`BuildGradients` is then an ir step of the build: no copy of the model)."""
+
+    def build_in_place(self, model: ir.Model, loss: str, params: Sequence[str]) -> None: ...
+
+
+class BuildGradients(BuildPass):
     """Differentiate ``loss`` with respect to ``params`` using ``builder``.
+
+    With a builder that builds in place (:class:`InPlaceGradientBuilder`, as the default
+    :class:`AutodiffBuilder`), an in-place pass on an ``onnx_ir.Model`` (:attr:`form` "ir");
+    with any other (:class:`OrtGradientBuilder`), a pass on ``onnx.ModelProto`` that returns
+    the builder's new model (:attr:`form` "proto"). Called on a ``ModelProto``, either works on
+    a copy and returns a new ``ModelProto``.
 
     Args:
         loss: name of the scalar loss output.
@@ -106,8 +123,61 @@ class BuildGradients(GraphPass):
     ) -> None:
         self.loss, self.params, self.seed = loss, list(params), float(seed)
         self.builder = builder or AutodiffBuilder()
+        self.form = "ir" if isinstance(self.builder, InPlaceGradientBuilder) else "proto"
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    @property
+    def in_place(self) -> bool:
+        return self.form == "ir"
+
+    def __call__(self, model, /) -> PassResult:
+        if self.form == "proto" and isinstance(model, onnx.ModelProto):
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            return Step.__call__(self, copy)
+        return super().__call__(model)
+
+    def call(self, model: ir.Model | onnx.ModelProto) -> PassResult:
+        if isinstance(model, onnx.ModelProto):
+            return self._call_proto(model)
+        if self.form != "ir":
+            raise TypeError(
+                f"gradient builder {type(self.builder).__name__} works on onnx.ModelProto: "
+                "call BuildGradients with a ModelProto"
+            )
+        graph = model.graph
+        for p in self.params:  # trained parameters become inputs; Finish re-attaches values
+            value = graph.initializers.pop(p, None)
+            if value is None:
+                continue  # an input already
+            tensor, value.const_value = value.const_value, None
+            if not value.is_graph_input():
+                value.type = ir.TensorType(tensor.dtype)
+                value.shape = ir.Shape(tensor.shape.numpy())
+                graph.inputs.append(value)
+        self.builder.build_in_place(model, self.loss, self.params)
+        self._check_built({o.name for n in graph for o in n.outputs})
+        seed = graph.initializers.get(grad_name(self.loss))
+        if seed is not None:
+            seed.const_value = ir.tensor(
+                np.full_like(seed.const_value.numpy(), self.seed), name=seed.name
+            )
+        for out in [o for o in graph.outputs if o.name == LOG_PROB_NAME]:
+            graph.outputs.remove(out)
+            out.type = out.shape = None  # an intermediate again, with no stated facts
+        used = {n.domain for n in graph}
+        for domain in [d for d in model.opset_imports if d not in used | {"", "ai.onnx"}]:
+            del model.opset_imports[domain]
+        return PassResult(model, True)
+
+    def _check_built(self, produced: set[str]) -> None:
+        missing = [p for p in self.params if grad_name(p) not in produced]
+        if missing:
+            raise GradientBuildError(
+                f"the loss {self.loss!r} does not depend on parameter(s) {missing}: no gradient "
+                "was built for them; leave them out of the optimizer to keep them frozen"
+            )
+
+    def _call_proto(self, model: onnx.ModelProto) -> PassResult:
         graph = model.graph
         inits = {i.name: i for i in graph.initializer}
         keep = [i for i in graph.initializer if i.name not in set(self.params)]
@@ -122,14 +192,7 @@ class BuildGradients(GraphPass):
         if isinstance(self.builder, OrtGradientBuilder) and model.ir_version > _MAX_BUILDER_IR:
             model.ir_version = _MAX_BUILDER_IR
         out = self.builder.build(model, self.loss, self.params)
-
-        produced = {o for n in out.graph.node for o in n.output}
-        missing = [p for p in self.params if grad_name(p) not in produced]
-        if missing:
-            raise GradientBuildError(
-                f"the loss {self.loss!r} does not depend on parameter(s) {missing}: no gradient "
-                "was built for them; leave them out of the optimizer to keep them frozen"
-            )
+        self._check_built({o for n in out.graph.node for o in n.output})
         seed_name = grad_name(self.loss)
         for i, init in enumerate(out.graph.initializer):
             if init.name == seed_name:

@@ -6,7 +6,8 @@ no value or node of the graph (subgraphs included) already has. :func:`replace_n
 nodes it built in the place of a node, outputs keeping their names, types and shapes.
 :func:`constant` reads the value of an initializer or ``Constant`` output, :func:`taken_names`
 lists every name in use, and :func:`inferred` gives every value with the type and shape ONNX
-shape inference finds (the one way the passes read facts a model does not state).
+shape inference finds (the one way the passes read facts a model does not state; :func:`infer_types`
+sets them on the model itself, for the gradient builder).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "default_opset",
     "inferred",
     "without_values",
+    "infer_types",
     "sorted_attributes",
 ]
 
@@ -64,24 +66,95 @@ def inferred(model: ir.Model) -> dict[str, ir.Value]:
     return ir.convenience.create_value_mapping(copy.graph)
 
 
+def _serialize_without(model: ir.Model, left_out: Sequence[ir.Value]) -> onnx.ModelProto:
+    """``model`` serialized without the initializers ``left_out`` (their tensors are not
+    copied); ``model`` keeps them all, in their order."""
+    inits = model.graph.initializers
+    values = list(inits.values())
+    for value in left_out:
+        inits.pop(value.name)  # for the time of the serialization: their nodes still read them
+    try:
+        return ir.serde.serialize_model(model)
+    finally:
+        inits.clear()
+        for value in values:
+            inits.add(value)
+
+
 def without_values(model: ir.Model) -> onnx.ModelProto:
     """``model`` as a ``ModelProto`` whose initializers keep their name, type and dims but no
     values (none is copied): the form :func:`passes.inference.embed_inference_graph` stores.
     ``model`` is left as it was."""
-    inits = model.graph.initializers
-    values = list(inits.values())
-    inits.clear()  # for the time of the serialization: the values stay, read by their nodes
-    try:
-        proto = ir.serde.serialize_model(model)
-    finally:
-        for value in values:
-            inits.add(value)
+    values = list(model.graph.initializers.values())
+    proto = _serialize_without(model, values)
     for v in values:
         tensor = v.const_value
         proto.graph.initializer.add(
             name=v.name, data_type=int(tensor.dtype), dims=tensor.shape.numpy()
         )
     return proto
+
+
+#: Initializers over this size that are not integer tensors are given to shape inference as
+#: inputs of their type and shape, without their values: weights, never read for a shape.
+_SHAPE_DATA_LIMIT = 1000
+
+
+def infer_types(model: ir.Model) -> None:
+    """Set on every node output (and subgraph input/output) of ``model`` the type and shape
+    ONNX shape inference finds, in place (best effort: strict mode off; with data propagation,
+    which finds more static sizes, or without it where it fails on an export; unchanged where
+    both fail). No weight is copied: inference runs on a proto of the graph in which float
+    initializers over 1 KB are inputs of their type and shape (integer tensors, which may hold
+    shapes, and small ones keep their values)."""
+    graph = model.graph
+    weights = [
+        v
+        for v in graph.initializers.values()
+        if v.const_value is not None
+        and v.const_value.nbytes > _SHAPE_DATA_LIMIT
+        and not v.const_value.dtype.is_integer()
+    ]
+    proto = _serialize_without(model, weights)
+    inputs = {v.name for v in graph.inputs}
+    for v in weights:
+        if v.name not in inputs:
+            tensor = v.const_value
+            proto.graph.input.append(
+                onnx.helper.make_tensor_value_info(v.name, int(tensor.dtype), tensor.shape.numpy())
+            )
+    for data_prop in (True, False):
+        try:
+            result = onnx.shape_inference.infer_shapes(
+                proto, strict_mode=False, data_prop=data_prop
+            )
+        except Exception:
+            continue
+        _set_types(graph, result.graph, main=True)
+        return
+
+
+def _set_types(graph: ir.Graph, proto: onnx.GraphProto, main: bool) -> None:
+    """Types and shapes of ``proto`` (``graph`` serialized, then inferred) onto ``graph``."""
+    facts = {vi.name: vi.type for vi in proto.value_info}
+    facts.update((vi.name, vi.type) for vi in proto.output)
+    values = [out for node in graph for out in node.outputs] + list(graph.outputs)
+    if not main:  # a subgraph's inputs are inferred from its node's inputs
+        facts.update((vi.name, vi.type) for vi in proto.input)
+        values += graph.inputs
+    for value in values:
+        fact = facts.get(value.name)
+        if fact is not None:
+            value.type = ir.serde.deserialize_type_proto_for_type(fact)
+            value.shape = ir.serde.deserialize_type_proto_for_shape(fact)
+    for node, node_proto in zip(graph, proto.node, strict=True):
+        protos = {a.name: a for a in node_proto.attribute}
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                _set_types(attr.value, protos[attr.name].g, main=False)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub, sub_proto in zip(attr.value, protos[attr.name].graphs, strict=True):
+                    _set_types(sub, sub_proto, main=False)
 
 
 def default_opset(model: ir.Model, missing: int = 0) -> int:

@@ -10,11 +10,12 @@ one :class:`passes.infra.Pipeline` over one copy of the model. Each step declare
 that are the user's to fix (a ``ModelError``, ``GradientError`` or ``LoweringError``, message
 unchanged); any other failure names the step.
 
-The steps up to Dropout are in-place ``onnx_ir`` passes on one ``onnx_ir.Model``, read from the
-input without copying its tensors. The gradient builder, the update, guard, lowering and
-chunking passes take a ``ModelProto``: the model is serialized once before the gradients (its
-one copy), and they run as proto steps (:class:`passes.infra.ProtoStep`) on that copy. (The
-non-finite guard, through ``loss_scale.apply_guard``, still copies it once more.)
+The steps up to the gradients are in-place ``onnx_ir`` passes on one ``onnx_ir.Model``, read
+from the input without copying its tensors (with the default gradient builder; a builder on
+``ModelProto``, such as onnxruntime-training's, runs as a proto step). The update and lowering
+take a ``ModelProto``: the model is serialized after the gradients (its one copy), and they run
+as proto steps (:class:`passes.infra.ProtoStep`) on that copy. (The non-finite guard, through
+``loss_scale.apply_guard``, still copies it once more.)
 """
 
 from __future__ import annotations
@@ -212,6 +213,8 @@ def training_pipeline(
     gradients = BuildGradients(
         loss_name, optimizer.param_names, seed=optimizer.loss_scale, builder=gradient_builder
     )
+    if gradients.form == "proto":  # a builder on ModelProto (onnxruntime-training's)
+        gradients = ProtoStep(gradients.call, "BuildGradients", in_place=False)
     return Pipeline(
         untie,
         record,
@@ -219,12 +222,7 @@ def training_pipeline(
         SplitSequencesToSlices(),
         _translated(batchnorm, BatchNormError, ModelError),
         _translated(dropout, DropoutError, ModelError),
-        ProtoStep(
-            gradients.call,
-            "BuildGradients",
-            in_place=False,
-            translations=[Translate(GradientBuildError, GradientError)],
-        ),
+        _translated(gradients, GradientBuildError, GradientError),
         *update,
         finish,
     )

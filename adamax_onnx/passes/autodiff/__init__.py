@@ -1,7 +1,8 @@
 """Reverse-mode automatic differentiation over standard ONNX (see :mod:`.engine`).
 
-``differentiate(model, loss, params)`` adds ``p_grad`` outputs; :class:`AutodiffBuilder` is the
-same as a :class:`passes.gradients.GradientBuilder`; the rules live in :mod:`.rules`, one small
+``differentiate(model, loss, params)`` adds ``p_grad`` outputs (to an ``onnx_ir.Model`` in place,
+or to a copy of a ``ModelProto``); :class:`AutodiffBuilder` is the same as a
+:class:`passes.gradients.GradientBuilder` that also builds in place; the rules live in :mod:`.rules`, one small
 function per op, registered in the table of :mod:`.registry`.
 """
 
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from .errors import GradientBuildError, Unsupported
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 # The engine and the rules import onnx_ir (and through it sympy, ~0.25 s): they load on first
 # use, so that ``import adamax_onnx`` stays fast for a device that only runs training models.
@@ -50,6 +54,13 @@ class AutodiffBuilder:
     """The default gradient builder: :func:`differentiate`, standard ONNX ops only."""
 
     def build(self, model: onnx.ModelProto, loss: str, params: Sequence[str]) -> onnx.ModelProto:
+        """A new model: ``model`` with the ``p_grad`` outputs (``model`` stays as it is)."""
         from .engine import differentiate
 
         return differentiate(model, loss, params)
+
+    def build_in_place(self, model: ir.Model, loss: str, params: Sequence[str]) -> None:
+        """Add the ``p_grad`` outputs to ``model`` itself."""
+        from .engine import differentiate
+
+        differentiate(model, loss, params)

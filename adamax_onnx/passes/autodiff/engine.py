@@ -13,21 +13,28 @@ by several nodes are summed. Integer, bool, shape and index tensors are never di
 branches that reach no parameter emit nothing; nodes a rule emitted but nothing reads are
 removed at the end.
 
+It works on an ``onnx_ir.Model`` in place: the rules read the types and shapes ONNX shape
+inference finds (:func:`passes.irbuild.infer_types`, run on the graph without its weights),
+and the intermediate values get back the facts the model stated once the gradients are built.
+
 Guarantees afterwards: every parameter has a ``p_grad`` graph output of the parameter's type
-and shape; the model's own inputs, outputs and nodes are unchanged; every emitted op is in the
-default domain at the model's opset (at least 13); errors are :class:`GradientBuildError` naming
-the op, the domain, the node and the parameter whose path reaches it.
+and shape; the model's own inputs, outputs and nodes are unchanged (as are its tensors: none is
+copied); every emitted op is in the default domain at the model's opset (at least 13); errors
+are :class:`GradientBuildError` naming the op, the domain, the node and the parameter whose
+path reaches it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import overload
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from ..irbuild import default_opset, infer_types
 from .context import GradContext
 from .emitter import Emitter, common_ops
 from .errors import GradientBuildError, Unsupported
@@ -47,41 +54,54 @@ def _grad_name(name: str) -> str:
     return f"{name}_grad"
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
-    for o in model.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            return o.version
-    return 1
+def _upgrade(model: ir.Model) -> None:
+    """An opset below 13 upgraded to 13, in place (a whole-model round trip: a rare path)."""
+    opset = default_opset(model, missing=1)
+    if opset >= MIN_OPSET:
+        return
+    try:
+        proto = onnx.version_converter.convert_version(ir.serde.serialize_model(model), MIN_OPSET)
+    except Exception as exc:
+        raise GradientBuildError(
+            f"the model uses ONNX opset {opset}; gradients need opset >= {MIN_OPSET} and "
+            f"the automatic upgrade failed ({str(exc).splitlines()[0] if str(exc) else exc})"
+            f": re-export the model with opset_version >= {MIN_OPSET}"
+        ) from exc
+    converted = ir.serde.deserialize_model(proto)
+    model.graph, model.ir_version = converted.graph, converted.ir_version
 
 
-def _prepare(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Upgrade an old opset to 13 and attach inferred shapes (best effort)."""
-    opset = _default_opset(model)
-    if opset < MIN_OPSET:
-        try:
-            model = onnx.version_converter.convert_version(model, MIN_OPSET)
-        except Exception as exc:
-            raise GradientBuildError(
-                f"the model uses ONNX opset {opset}; gradients need opset >= {MIN_OPSET} and "
-                f"the automatic upgrade failed ({str(exc).splitlines()[0] if str(exc) else exc})"
-                f": re-export the model with opset_version >= {MIN_OPSET}"
-            ) from exc
-    # Shape facts are best effort (rules that need one say so); data propagation finds more
-    # static sizes but fails on some exports where plain inference still works.
-    for data_prop in (True, False):
-        try:
-            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=data_prop)
-        except Exception:
-            continue
-    return model
+def _stated_types(graph: ir.Graph) -> dict[str, tuple]:
+    """The type and shape the model itself states for each intermediate value of ``graph``."""
+    return {
+        out.name: (out.type, out.shape)
+        for node in graph
+        for out in node.outputs
+        if out.name and not out.is_graph_output()
+    }
 
 
-def differentiate(model: onnx.ModelProto, loss: str, params: Sequence[str]) -> onnx.ModelProto:
+def _restore_types(graph: ir.Graph, stated: dict[str, tuple]) -> None:
+    """Intermediate values get back the facts of ``stated`` (new ones: none). The shapes
+    inferred for the rules stay out of the result: thousands of value_info entries would slow
+    every later step and say nothing the file needs."""
+    for node in graph:
+        for out in node.outputs:
+            if not out.is_graph_output():
+                out.type, out.shape = stated.get(out.name, (None, None))
+
+
+@overload
+def differentiate(model: ir.Model, loss: str, params: Sequence[str]) -> ir.Model: ...
+@overload
+def differentiate(model: onnx.ModelProto, loss: str, params: Sequence[str]) -> onnx.ModelProto: ...
+def differentiate(model, loss, params):
     """Add ``p_grad`` outputs (d loss / d p) for every ``p`` in ``params``; see module doc.
 
     Args:
-        model: a model whose graph computes ``loss`` (a scalar float tensor, a graph output)
-            from ``params`` (graph inputs or initializers).
+        model: an ``onnx_ir.Model``, changed in place and returned; or a ``ModelProto``, left
+            as it is: a new ``ModelProto`` is returned. Its graph computes ``loss`` (a scalar
+            float tensor, a graph output) from ``params`` (graph inputs or initializers).
         loss: name of the loss tensor.
         params: names of the tensors to differentiate with respect to.
 
@@ -89,11 +109,24 @@ def differentiate(model: onnx.ModelProto, loss: str, params: Sequence[str]) -> o
         GradientBuildError: an op on the path has no rule (or a variant its rule cannot
             handle); the message names every such node and the parameter that reaches it.
     """
-    original_value_info = list(model.graph.value_info)
-    model = _prepare(model)
-    ir_model = ir.serde.deserialize_model(model)
+    if isinstance(model, onnx.ModelProto):
+        from ..infra import to_ir, to_proto
+
+        return to_proto(differentiate(to_ir(model), loss, params))
+    stated = _stated_types(model.graph)
+    _upgrade(model)
+    # Shape facts are best effort (rules that need one say so).
+    infer_types(model)
+    try:
+        _differentiate(model, loss, params)
+    finally:
+        _restore_types(model.graph, stated)
+    return model
+
+
+def _differentiate(ir_model: ir.Model, loss: str, params: Sequence[str]) -> None:
     graph = ir_model.graph
-    opset = graph.opset_imports.get("", _default_opset(model))
+    opset = default_opset(ir_model, missing=1)
 
     values: dict[str, ir.Value] = {}
     for v in graph.inputs:
@@ -221,12 +254,6 @@ def differentiate(model: onnx.ModelProto, loss: str, params: Sequence[str]) -> o
         graph.append(node)
     graph.outputs.extend(replaced.get(id(o), o) for o in outputs)
     RemoveUnusedNodesPass()(ir_model)
-    out = ir.serde.serialize_model(ir_model)
-    # The shapes inferred for the rules stay out of the result: the caller's value_info only
-    # (thousands of entries would slow every later pass and say nothing the file needs).
-    del out.graph.value_info[:]
-    out.graph.value_info.extend(original_value_info)
-    return out
 
 
 def _failure(failures: list[tuple[ir.Node, str]], origin: dict[int, str]) -> GradientBuildError:
