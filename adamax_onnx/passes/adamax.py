@@ -3,7 +3,8 @@
 Input: a model whose graph has each trained parameter ``p`` as a graph input and a tensor
 ``p_grad`` holding its gradient (graph input or node output). Output: the same model with the
 optimizer state as extra inputs and the updated parameters and state as outputs, named as in
-:mod:`.contract`. Only standard ONNX ops are emitted.
+:mod:`.contract`. Only standard ONNX ops are emitted. The pass edits an ``onnx_ir.Model`` in
+place (a step of the build's pipeline); called on an ``onnx.ModelProto`` it returns a new one.
 
 The update is the chain of stages of :mod:`.adamax_stages`, in MindSpore's order: per group
 the learning rate and weight decay; per parameter decay, centralization and unscaling of the
@@ -20,11 +21,14 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_ir as ir
+from onnx_ir.passes import PassResult
 
 from ..schedules import is_schedule
 from .adamax_stages import (
     Hyper,
     KernelInputs,
+    StageBuilder,
     StateInputs,
     StepTensors,
     advance_step,
@@ -36,37 +40,31 @@ from .adamax_stages import (
     unscale_gradient,
     weight_decay,
 )
-from .base import GraphPass, PassResult
-from .builder import GraphBuilder
 from .contract import grad_name, m_name, updated, v_name
+from .infra import BuildPass
 from .precision import FLOAT_TYPES, Precision
 
-__all__ = ["AdaMaxPass", "tensor_specs", "DEFAULT_BUCKET_SIZE"]
+__all__ = ["AdaMaxPass", "DEFAULT_BUCKET_SIZE"]
 
 #: Float32 parameters with fewer elements are updated together in flat buckets by default.
 DEFAULT_BUCKET_SIZE = 65536
 
 
-def tensor_specs(graph: onnx.GraphProto) -> dict[str, tuple[int, list]]:
-    """``name -> (elem_type, dims)`` for graph inputs, outputs, value_info and initializers."""
-    specs: dict[str, tuple[int, list]] = {}
-    for vi in list(graph.value_info) + list(graph.output) + list(graph.input):
-        t = vi.type.tensor_type
-        dims = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
-        ]
-        specs[vi.name] = (t.elem_type, dims)
-    for init in graph.initializer:
-        specs[init.name] = (init.data_type, list(init.dims))
-    return specs
+def _spec(value: ir.Value) -> tuple[int, list]:
+    """``(elem_type, dims)`` of a graph input: a dim is an int, a symbolic name or None."""
+    elem = int(value.dtype) if value.dtype is not None else 0
+    dims = (
+        [] if value.shape is None else [d if isinstance(d, int) else d.value for d in value.shape]
+    )
+    return elem, dims
 
 
 @dataclass(frozen=True)
 class _GroupScalars:
     """Per group: ``lr / (1 - beta1_power)`` and ``weight_decay * loss_scale`` (None: none)."""
 
-    lr: str
-    weight_decay: str | None
+    lr: ir.Value
+    weight_decay: ir.Value | None
 
 
 @dataclass(frozen=True)
@@ -103,20 +101,20 @@ class _Layout:
 class _FlatView:
     """Reshapes of one parameter's tensors to 1-D (``<p>.adamax.<label>_flat``)."""
 
-    def __init__(self, g: GraphBuilder, param: str, numel: int) -> None:
+    def __init__(self, g: StageBuilder, param: str, numel: int) -> None:
         self.g, self.param = g, param
         self.shape = g.const(np.array([numel], np.int64), np.int64, "adamax.flat")
 
-    def __call__(self, name: str, label: str) -> str:
-        return self.g.op("Reshape", [name, self.shape], f"{self.param}.adamax.{label}_flat")
+    def __call__(self, value: ir.Value, label: str) -> ir.Value:
+        return self.g.op("Reshape", [value, self.shape], f"{self.param}.adamax.{label}_flat")
 
 
 def _apply_alone(
-    g: GraphBuilder,
+    g: StageBuilder,
     prec: Precision,
     k: KernelInputs,
     view: _FlatView | None,
-    lr: str,
+    lr: ir.Value,
     hyper: Hyper,
 ) -> None:
     """ApplyAdaMax of one parameter, its results written to ``<state>.updated``: directly, or
@@ -127,7 +125,9 @@ def _apply_alone(
     results = apply_adamax(g, prec.prefix, k.w, k.m, k.v, k.grad, lr, hyper, outputs)
     if direct:
         return
-    shape = g.const(np.array(k.dims, np.int64), np.int64, f"{k.param}.adamax.shape") if view else ""
+    shape = (
+        g.const(np.array(k.dims, np.int64), np.int64, f"{k.param}.adamax.shape") if view else None
+    )
     for result, target, label in zip(results, targets, ("m", "v", "w"), strict=True):
         if view:
             g.op("Reshape", [result, shape], f"{k.param}.adamax.{label}_shaped", output=target)
@@ -135,7 +135,7 @@ def _apply_alone(
             prec.leave_kernel(g, result, label, target)
 
 
-class AdaMaxPass(GraphPass):
+class AdaMaxPass(BuildPass):
     """Append the AdaMax update of ``optimizer`` (an :class:`adamax_onnx.AdaMax`) to a graph.
 
     Args:
@@ -156,7 +156,15 @@ class AdaMaxPass(GraphPass):
     ``adamax.lr.group<g>`` float32 scalar per group with a fixed learning rate, each with an
     initializer holding its initial value (zeros, 0, 1, the learning rate); outputs
     ``<input>.updated`` for every parameter and state input, of the input's shape (a later
-    :class:`passes.chunking.ChunkUpdates` may put large ones in chunk layout).
+    :class:`passes.chunking.ChunkUpdates` may put large ones in chunk layout). The graph's
+    nodes, inputs, initializers and outputs come first, in their order; the update's follow.
+
+    In a pipeline (:class:`passes.infra.Pipeline`) the pass is an in-place ``"ir"`` step on the
+    pipeline's ``onnx_ir.Model``: list the instance itself, ``AdaMaxPass(optimizer,
+    bucket_size=...)``, among the steps (no ``ProtoStep``), after the gradients. Called on an
+    ``onnx.ModelProto`` (``AdaMaxPass(optimizer)(proto).model``) it returns a new
+    ``ModelProto``, the input unchanged; its :meth:`call` given a ``ModelProto`` edits that proto
+    (the form of a ``ProtoStep``, until the pipeline lists the pass as an ir step).
     """
 
     def __init__(
@@ -171,11 +179,13 @@ class AdaMaxPass(GraphPass):
         self.drop_gradient_outputs = drop_gradient_outputs
         self.bucket_size = bucket_size
 
-    def call(self, model: onnx.ModelProto) -> PassResult:
+    def call(self, model: ir.Model | onnx.ModelProto) -> PassResult:
+        if isinstance(model, onnx.ModelProto):
+            model.CopyFrom(self(model).model)
+            return PassResult(model, True)
         graph = model.graph
-        specs = tensor_specs(graph)
-        self._check_parameters(graph, specs)
-        g = GraphBuilder(_taken_names(graph))
+        params = self._check_parameters(graph)
+        g = StageBuilder(graph)
         state = StateInputs(g)
         f32 = np.float32
         hyper: Hyper = (f32(self.opt.beta1), f32(self.opt.beta2), f32(self.opt.eps))
@@ -183,7 +193,8 @@ class AdaMaxPass(GraphPass):
         scalars = self._group_scalars(g, state, step)
         pending: dict[int, list[KernelInputs]] = {}
         for cfg in self.opt.param_configs:
-            member = self._update(g, state, cfg, specs[cfg.name], scalars[cfg.group], hyper)
+            w, grad = params[cfg.name]
+            member = self._update(g, state, cfg, w, grad, scalars[cfg.group], hyper)
             if member is not None:
                 pending.setdefault(cfg.group, []).append(member)
         for gi, members in pending.items():
@@ -191,9 +202,12 @@ class AdaMaxPass(GraphPass):
         self._splice(graph, g, state)
         return PassResult(model, True)
 
-    def _check_parameters(self, graph: onnx.GraphProto, specs: dict) -> None:
-        inputs = {i.name for i in graph.input}
-        produced = {o for n in graph.node for o in n.output} | inputs
+    def _check_parameters(self, graph: ir.Graph) -> dict[str, tuple[ir.Value, ir.Value]]:
+        """Each parameter's graph input and gradient value, by name."""
+        inputs = {v.name: v for v in graph.inputs}
+        produced = dict(inputs)
+        produced.update((v.name, v) for node in graph for v in node.outputs)
+        params = {}
         for cfg in self.opt.param_configs:
             if cfg.name not in inputs:
                 raise ValueError(f"AdaMax pass: parameter {cfg.name!r} is not a graph input")
@@ -202,11 +216,13 @@ class AdaMaxPass(GraphPass):
                     f"AdaMax pass: no gradient tensor {grad_name(cfg.name)!r} for parameter "
                     f"{cfg.name!r}"
                 )
-            if specs[cfg.name][0] not in FLOAT_TYPES:
+            if _spec(inputs[cfg.name])[0] not in FLOAT_TYPES:
                 raise ValueError(f"AdaMax pass: parameter {cfg.name!r} is not a float tensor")
+            params[cfg.name] = inputs[cfg.name], produced[grad_name(cfg.name)]
+        return params
 
     def _group_scalars(
-        self, g: GraphBuilder, state: StateInputs, step: StepTensors
+        self, g: StageBuilder, state: StateInputs, step: StepTensors
     ) -> dict[int, _GroupScalars]:
         """The learning-rate and weight-decay stages, once per group, in optimizer order."""
         configs = self.opt.param_configs
@@ -224,23 +240,24 @@ class AdaMaxPass(GraphPass):
 
     def _update(
         self,
-        g: GraphBuilder,
+        g: StageBuilder,
         state: StateInputs,
         cfg: Any,
-        spec: tuple[int, list],
+        w: ir.Value,
+        grad: ir.Value,
         scalars: _GroupScalars,
         hyper: Hyper,
     ) -> KernelInputs | None:
         """The gradient stages and ApplyAdaMax of one parameter; a small float32 parameter's
         kernel inputs are returned instead, for :func:`apply_adamax_buckets`."""
-        p, (elem, dims) = cfg.name, spec
+        p, (elem, dims) = cfg.name, _spec(w)
         prec = Precision(elem, f"{p}.adamax")
         layout = _Layout.of(cfg, dims, prec, self.bucket_size)
         zeros = np.zeros([d if isinstance(d, int) else 0 for d in dims], prec.np_dtype)
         m = state.state(m_name(p), elem, dims, zeros)
         v = state.state(v_name(p), elem, dims, zeros)
         view = _FlatView(g, p, layout.numel) if layout.flat else None
-        w, grad = self._gradient(g, prec, cfg, layout, view, scalars.weight_decay)
+        w, grad = self._gradient(g, prec, cfg, layout, view, w, grad, scalars.weight_decay)
         w, grad, m_k, v_k = prec.enter_kernel(g, w, grad, m, v)
         if view:
             m_k, v_k = view(m, "m"), view(v, "v")
@@ -253,16 +270,17 @@ class AdaMaxPass(GraphPass):
 
     def _gradient(
         self,
-        g: GraphBuilder,
+        g: StageBuilder,
         prec: Precision,
         cfg: Any,
         layout: _Layout,
         view: _FlatView | None,
-        wd: str | None,
-    ) -> tuple[str, str]:
+        w: ir.Value,
+        grad: ir.Value,
+        wd: ir.Value | None,
+    ) -> tuple[ir.Value, ir.Value]:
         """Decay, centralize, unscale: the parameter and its final gradient, in the stage
         dtype (flat views when ``view``)."""
-        w, grad = cfg.name, grad_name(cfg.name)
         if view and not layout.centralized:
             w, grad = view(w, "w"), view(grad, "grad")
         w, grad = prec.enter_stages(g, w, grad)
@@ -276,24 +294,15 @@ class AdaMaxPass(GraphPass):
             grad = unscale_gradient(g, prec, grad, float(self.opt.loss_scale))
         return w, grad
 
-    def _splice(self, graph: onnx.GraphProto, g: GraphBuilder, state: StateInputs) -> None:
+    def _splice(self, graph: ir.Graph, g: StageBuilder, state: StateInputs) -> None:
         if self.drop_gradient_outputs:
             grads = {grad_name(c.name) for c in self.opt.param_configs}
-            keep = [o for o in graph.output if o.name not in grads]
-            del graph.output[:]
-            graph.output.extend(keep)
-        graph.node.extend(g.nodes)
-        graph.initializer.extend(g.initializers)
-        graph.initializer.extend(state.defaults)
-        graph.input.extend(state.inputs)
-        graph.output.extend(state.outputs)
-
-
-def _taken_names(graph: onnx.GraphProto) -> set[str]:
-    """Every tensor and node name of ``graph``: new names must avoid them."""
-    values = list(graph.input) + list(graph.output) + list(graph.value_info)
-    taken = {vi.name for vi in values} | {i.name for i in graph.initializer}
-    for node in graph.node:
-        taken.update(node.output)
-        taken.add(node.name)
-    return taken
+            keep = [o for o in graph.outputs if o.name not in grads]
+            for value in graph.outputs:
+                if value.name in grads and not value.is_graph_input():
+                    # the file states no type for a tensor that is no output (no value_info)
+                    value.type = value.shape = None
+            graph.outputs.clear()
+            graph.outputs.extend(keep)
+        graph.extend(g.nodes)
+        state.attach(graph)

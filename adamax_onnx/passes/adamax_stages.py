@@ -11,23 +11,24 @@ In MindSpore's order (``nn.AdaMax.construct``), for one parameter ``w`` with gra
     v = max(beta2 * v, |g|)
     w = w - lr / (1 - beta1_power) * (m / (v + eps))
 
-Each function appends nodes to a :class:`~.builder.GraphBuilder` and returns the names of the
-tensors it computes; where and how the result is rounded for a float16, bfloat16 or float64
-parameter is :class:`~.precision.Precision`'s business. :class:`~.adamax.AdaMaxPass` chains
-them; ``tests/test_adamax_stages.py`` runs each alone against numpy.
+Each function appends ``onnx_ir`` nodes to a :class:`StageBuilder` and returns the values it
+computes (named readably: ``fc1.weight.adamax.m``); where and how the result is rounded for a
+float16, bfloat16 or float64 parameter is :class:`~.precision.Precision`'s business.
+:class:`~.adamax.AdaMaxPass` chains them; ``tests/passes/test_adamax_stages.py`` runs each
+alone against numpy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_ir as ir
+from onnx import TensorProto
 
 from ..schedules import is_schedule
-from .builder import GraphBuilder
 from .contract import (
     BETA1_POWER,
     GLOBAL_STEP,
@@ -38,9 +39,11 @@ from .contract import (
     v_name,
     weight_decay_current_name,
 )
+from .irbuild import IRBuilder, sorted_attributes
 from .precision import Precision
 
 __all__ = [
+    "StageBuilder",
     "StateInputs",
     "StepTensors",
     "KernelInputs",
@@ -61,31 +64,84 @@ _F32 = np.float32
 Hyper = tuple[np.float32, np.float32, np.float32]
 
 
-class StateInputs:
-    """The graph inputs (with defaults) and outputs the update adds, in the order added."""
+class StageBuilder(IRBuilder):
+    """:class:`~.irbuild.IRBuilder` with what the update also needs: unshared named initializers
+    (a learning-rate table) and nodes of several outputs (a bucket's Split)."""
 
-    def __init__(self, g: GraphBuilder) -> None:
+    def tensor(self, value: np.ndarray, name: str) -> ir.Value:
+        """A named (unshared) initializer, e.g. a learning-rate table."""
+        return self.initializer(np.asarray(value), self.unique(name))
+
+    def op_multi(
+        self,
+        op_type: str,
+        inputs: Sequence[ir.Value],
+        outputs: Sequence[str],
+        name: str,
+        **attrs,
+    ) -> list[ir.Value]:
+        """Append one node whose outputs get the exact names ``outputs`` (reserved or made
+        unique beforehand); returns them."""
+        node = ir.Node(
+            "",
+            op_type,
+            list(inputs),
+            attributes=sorted_attributes(attrs),
+            num_outputs=len(outputs),
+            name=self.unique(f"{name}/{op_type}"),
+        )
+        for value, out in zip(node.outputs, outputs, strict=True):
+            value.name = out
+        self.nodes.append(node)
+        return list(node.outputs)
+
+
+class StateInputs:
+    """The graph inputs (with initial values) and outputs the update adds, in the order added.
+
+    :meth:`attach` puts them on the graph once the builder's nodes are in it.
+    """
+
+    def __init__(self, g: StageBuilder) -> None:
         self.g = g
-        self.inputs: list[onnx.ValueInfoProto] = []
-        self.outputs: list[onnx.ValueInfoProto] = []
-        self.defaults: list[onnx.TensorProto] = []
+        self.inputs: list[ir.Value] = []
+        self.outputs: list[tuple[str, int, list]] = []
 
     def state(
         self, name: str, elem: int, dims: list, init: np.ndarray, carried: bool = True
-    ) -> str:
-        """Input ``name`` with default ``init``; ``carried`` ones also get ``name.updated``."""
+    ) -> ir.Value:
+        """Input ``name`` with initial value ``init``; ``carried`` ones also get an output
+        ``name.updated``."""
         self.g.reserve(name)
-        self.inputs.append(helper.make_tensor_value_info(name, elem, dims))
-        self.defaults.append(numpy_helper.from_array(init, name))
+        value = ir.Value(
+            name=name,
+            type=ir.TensorType(ir.DataType(elem)),
+            shape=ir.Shape(dims),
+            const_value=ir.Tensor(init, name=name),
+        )
+        self.inputs.append(value)
         if carried:
             self.output(updated(name), elem, dims)
-        return name
+        return value
 
     def output(self, name: str, elem: int, dims: list) -> str:
-        """Declare graph output ``name`` (its exact name is reserved)."""
+        """Declare graph output ``name`` (its exact name is reserved; a node of the builder
+        produces it)."""
         self.g.reserve(name)
-        self.outputs.append(helper.make_tensor_value_info(name, elem, dims))
+        self.outputs.append((name, elem, dims))
         return name
+
+    def attach(self, graph: ir.Graph) -> None:
+        """Add the inputs, their initial values as initializers (after the builder's constants),
+        and the declared outputs, typed and shaped as declared."""
+        for value in self.inputs:
+            graph.register_initializer(value)
+        graph.inputs.extend(self.inputs)
+        produced = {v.name: v for node in self.g.nodes for v in node.outputs}
+        for name, elem, dims in self.outputs:
+            value = produced[name]
+            value.type, value.shape = ir.TensorType(ir.DataType(elem)), ir.Shape(dims)
+            graph.outputs.append(value)
 
 
 @dataclass(frozen=True)
@@ -93,12 +149,12 @@ class StepTensors:
     """``step``: int64 global step before the increment; ``step_f``: it as float32 (what
     schedules read); ``bias_correction``: ``1 - beta1_power`` after its update."""
 
-    step: str
-    step_f: str
-    bias_correction: str
+    step: ir.Value
+    step_f: ir.Value
+    bias_correction: ir.Value
 
 
-def advance_step(g: GraphBuilder, state: StateInputs, beta1: np.float32) -> StepTensors:
+def advance_step(g: StageBuilder, state: StateInputs, beta1: np.float32) -> StepTensors:
     """``global_step += 1`` and ``beta1_power *= beta1`` (float32), shared by all parameters."""
     step = state.state(GLOBAL_STEP, TensorProto.INT64, [], np.array(0, np.int64))
     b1p = state.state(BETA1_POWER, TensorProto.FLOAT, [], np.array(1.0, _F32))
@@ -113,13 +169,13 @@ def advance_step(g: GraphBuilder, state: StateInputs, beta1: np.float32) -> Step
 
 
 def learning_rate(
-    g: GraphBuilder,
+    g: StageBuilder,
     state: StateInputs,
     lr: Any,
     group: int,
     step: StepTensors,
     convert_fixed: bool,
-) -> str:
+) -> ir.Value:
     """The learning rate of ``group`` at the current step, float32, also as ``lr_current``.
 
     ``lr``: a schedule (emitted on ``step.step_f``), a float32 1-D table (Gather at
@@ -148,8 +204,8 @@ def learning_rate(
 
 
 def weight_decay(
-    g: GraphBuilder, wd: Any, group: int, step: StepTensors, loss_scale: float
-) -> str | None:
+    g: StageBuilder, wd: Any, group: int, step: StepTensors, loss_scale: float
+) -> ir.Value | None:
     """``weight_decay * loss_scale`` of ``group`` as a float32 scalar; None when 0.
 
     A schedule is emitted on ``step.step_f``, published as ``weight_decay_current`` and
@@ -168,7 +224,9 @@ def weight_decay(
     return g.op("Mul", [wd_t, scale], f"{prefix}.weight_decay_scaled")
 
 
-def decay_weight(g: GraphBuilder, prec: Precision, w: str, grad: str, wd: str) -> str:
+def decay_weight(
+    g: StageBuilder, prec: Precision, w: ir.Value, grad: ir.Value, wd: ir.Value
+) -> ir.Value:
     """``grad + w * wd``: MindSpore's ``Mul`` then ``AddN``, each rounded to the parameter dtype.
 
     ``wd`` is the float32 scalar of :func:`weight_decay`, cast to the parameter dtype."""
@@ -178,7 +236,7 @@ def decay_weight(g: GraphBuilder, prec: Precision, w: str, grad: str, wd: str) -
     return prec.round(g, decayed, "grad_decayed")
 
 
-def centralize_gradient(g: GraphBuilder, prec: Precision, grad: str, rank: int) -> str:
+def centralize_gradient(g: StageBuilder, prec: Precision, grad: ir.Value, rank: int) -> ir.Value:
     """``grad - mean(grad, axes 1..rank-1)``, each op rounded to the parameter dtype.
 
     Applies only where MindSpore's ``_gradients_centralization`` does (the caller checks: rank
@@ -190,7 +248,9 @@ def centralize_gradient(g: GraphBuilder, prec: Precision, grad: str, rank: int) 
     return prec.round(g, centered, "grad_gc")
 
 
-def unscale_gradient(g: GraphBuilder, prec: Precision, grad: str, loss_scale: float) -> str:
+def unscale_gradient(
+    g: StageBuilder, prec: Precision, grad: ir.Value, loss_scale: float
+) -> ir.Value:
     """``grad * (1 / loss_scale)``: the float32 reciprocal cast to the parameter dtype."""
     inverse = prec.const(g, _F32(1.0 / loss_scale), "reciprocal_loss_scale")
     unscaled = g.op("Mul", [grad, inverse], f"{prec.prefix}.grad_unscaled")
@@ -198,16 +258,16 @@ def unscale_gradient(g: GraphBuilder, prec: Precision, grad: str, loss_scale: fl
 
 
 def apply_adamax(
-    g: GraphBuilder,
+    g: StageBuilder,
     prefix: str,
-    w: str,
-    m: str,
-    v: str,
-    grad: str,
-    lr: str,
+    w: ir.Value,
+    m: ir.Value,
+    v: ir.Value,
+    grad: ir.Value,
+    lr: ir.Value,
     hyper: Hyper,
     outputs: tuple[str | None, str | None, str | None] = (None, None, None),
-) -> tuple[str, str, str]:
+) -> tuple[ir.Value, ir.Value, ir.Value]:
     """MindSpore's ApplyAdaMax in float32: 10 elementwise nodes, in MindSpore's order.
 
     ``m' = beta1*m + (1-beta1)*g``, ``v' = max(beta2*v, |g|)``,
@@ -218,7 +278,7 @@ def apply_adamax(
     """
     beta1, beta2, eps = hyper
 
-    def const(value: float, label: str) -> str:
+    def const(value: float, label: str) -> ir.Value:
         return g.const(np.asarray(value, _F32), _F32, f"adamax.{label}")
 
     m_b = g.op("Mul", [m, const(beta1, "beta1")], f"{prefix}.m_decayed")
@@ -242,10 +302,10 @@ class KernelInputs:
     param: str
     dims: list
     numel: int
-    w: str
-    m: str
-    v: str
-    grad: str
+    w: ir.Value
+    m: ir.Value
+    v: ir.Value
+    grad: ir.Value
 
     def targets(self) -> tuple[str, str, str]:
         """The state names m', v', w' update, in :func:`apply_adamax`'s order."""
@@ -266,10 +326,10 @@ def pack_buckets(members: list[KernelInputs], bucket_size: int) -> list[list[Ker
 
 
 def apply_adamax_buckets(
-    g: GraphBuilder,
+    g: StageBuilder,
     group: int,
     members: list[KernelInputs],
-    lr: str,
+    lr: ir.Value,
     hyper: Hyper,
     bucket_size: int,
 ) -> None:
@@ -304,25 +364,22 @@ def apply_adamax_buckets(
 
 
 def _split_back(
-    g: GraphBuilder,
+    g: StageBuilder,
     bucket: list[KernelInputs],
     slot: int,
-    result: str,
-    sizes: str,
+    result: ir.Value,
+    sizes: ir.Value,
     name: str,
     label: str,
 ) -> None:
     """Split one flat result of a bucket (``slot`` of m', v', w') into ``<target>.updated``."""
     targets = [updated(k.targets()[slot]) for k in bucket]
-    # Reserved graph outputs keep their exact names (op_multi would rename them).
-    pieces = [
+    # Reserved graph outputs keep their exact names.
+    names = [
         t if len(k.dims) == 1 else g.unique(f"{k.param}.adamax.{label}_flat_next")
         for k, t in zip(bucket, targets, strict=True)
     ]
-    node = helper.make_node(
-        "Split", [result, sizes], pieces, name=g.unique(f"{name}/Split"), axis=0
-    )
-    g.nodes.append(node)
+    pieces = g.op_multi("Split", [result, sizes], names, name, axis=0)
     for k, piece, target in zip(bucket, pieces, targets, strict=True):
         if len(k.dims) != 1:
             shape = g.const(np.array(k.dims, np.int64), np.int64, f"{k.param}.adamax.shape")

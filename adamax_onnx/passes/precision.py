@@ -24,9 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_ir as ir
 from onnx import TensorProto, helper
 
-from .builder import GraphBuilder
+from .irbuild import IRBuilder
 
 __all__ = ["Precision", "FLOAT_TYPES"]
 
@@ -70,13 +71,13 @@ class Precision:
         return self.elem != _F32
 
     # -- gradient stages -----------------------------------------------------------------------
-    def enter_stages(self, g: GraphBuilder, w: str, grad: str) -> tuple[str, str]:
+    def enter_stages(self, g: IRBuilder, w: ir.Value, grad: ir.Value) -> tuple[ir.Value, ir.Value]:
         """The parameter and its gradient in the stage dtype (float32 copies if low)."""
         if not self.low:
             return w, grad
         return self._cast(g, w, "w_f32", _F32), self._cast(g, grad, "grad_f32", _F32)
 
-    def const(self, g: GraphBuilder, value: float, label: str) -> str:
+    def const(self, g: IRBuilder, value: float, label: str) -> ir.Value:
         """A float32 hyperparameter as MindSpore casts it to the parameter dtype, in the stage
         dtype (``adamax.<label>``, shared between parameters of one dtype)."""
         arr = np.asarray(value, np.float32)
@@ -85,24 +86,24 @@ class Precision:
         dt = self.stage_dtype
         return g.const(arr.astype(dt), dt, f"adamax.{label}")
 
-    def scalar(self, g: GraphBuilder, name: str, label: str) -> str:
+    def scalar(self, g: IRBuilder, value: ir.Value, label: str) -> ir.Value:
         """A float32 graph scalar cast to the parameter dtype, in the stage dtype."""
         if self.elem == _F32:
-            return name
-        cast = self._cast(g, name, label, self.elem)
+            return value
+        cast = self._cast(g, value, label, self.elem)
         return self._cast(g, cast, f"{label}_f32", _F32) if self.low else cast
 
-    def round(self, g: GraphBuilder, name: str, label: str) -> str:
+    def round(self, g: IRBuilder, value: ir.Value, label: str) -> ir.Value:
         """Round a stage result to the parameter dtype (low precision only: a Cast pair)."""
         if not self.low:
-            return name
-        rounded = self._cast(g, name, f"{label}_rounded", self.elem)
+            return value
+        rounded = self._cast(g, value, f"{label}_rounded", self.elem)
         return self._cast(g, rounded, f"{label}_rounded_f32", _F32)
 
     # -- ApplyAdaMax ---------------------------------------------------------------------------
     def enter_kernel(
-        self, g: GraphBuilder, w: str, grad: str, m: str, v: str
-    ) -> tuple[str, str, str, str]:
+        self, g: IRBuilder, w: ir.Value, grad: ir.Value, m: ir.Value, v: ir.Value
+    ) -> tuple[ir.Value, ir.Value, ir.Value, ir.Value]:
         """w, grad, m, v as the float32 kernel reads them (w and grad are float32 already when
         low: :meth:`enter_stages` cast them)."""
         if not self.casts_kernel:
@@ -111,9 +112,9 @@ class Precision:
             w, grad = self._cast(g, w, "w_f32", _F32), self._cast(g, grad, "grad_f32", _F32)
         return w, grad, self._cast(g, m, "m_f32", _F32), self._cast(g, v, "v_f32", _F32)
 
-    def leave_kernel(self, g: GraphBuilder, result: str, label: str, output: str) -> str:
+    def leave_kernel(self, g: IRBuilder, result: ir.Value, label: str, output: str) -> ir.Value:
         """Cast a float32 kernel result back to the parameter dtype, as graph output ``output``."""
         return g.op("Cast", [result], f"{self.prefix}.{label}_cast", to=self.elem, output=output)
 
-    def _cast(self, g: GraphBuilder, name: str, label: str, to: int) -> str:
-        return g.op("Cast", [name], f"{self.prefix}.{label}", to=to)
+    def _cast(self, g: IRBuilder, value: ir.Value, label: str, to: int) -> ir.Value:
+        return g.op("Cast", [value], f"{self.prefix}.{label}", to=to)

@@ -12,12 +12,14 @@ import math
 
 import ml_dtypes
 import numpy as np
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from adamax_onnx.passes.adamax_stages import (
     KernelInputs,
+    StageBuilder,
     StateInputs,
     advance_step,
     apply_adamax,
@@ -29,7 +31,7 @@ from adamax_onnx.passes.adamax_stages import (
     unscale_gradient,
     weight_decay,
 )
-from adamax_onnx.passes.builder import IR_VERSION, OPSET, GraphBuilder
+from adamax_onnx.passes.builder import IR_VERSION, OPSET
 from adamax_onnx.passes.contract import BETA1_POWER, GLOBAL_STEP, lr_current_name, lr_input_name
 from adamax_onnx.passes.precision import Precision
 from adamax_onnx.schedules import WarmUpLR
@@ -47,29 +49,29 @@ DTYPE_IDS = ["float32", "float16", "bfloat16", "float64"]
 
 
 def run(build, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run the nodes ``build(g, state)`` adds; returns the values of the tensor names ``build``
-    returns, then of the outputs it declared on ``state``. ``feeds`` may also set the state
-    inputs the stages add (they have defaults)."""
-    g = GraphBuilder()  # the feeds' names are short ("w", "grad"): no stage makes them
-    state = StateInputs(g)
-    names = list(build(g, state))
-    declared = {vi.name for vi in state.inputs}
-    inputs = [
-        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+    """Run the nodes ``build(g, state, x)`` adds (``x``: the fed values by name); returns the
+    values ``build`` returns (values, or names of values it made), then the outputs it declared
+    on ``state``. ``feeds`` may also set the state inputs the stages add (they have defaults)."""
+    x = {
+        n: ir.Value(
+            name=n, type=ir.TensorType(ir.DataType.from_numpy(a.dtype)), shape=ir.Shape(a.shape)
+        )
         for n, a in feeds.items()
-        if n not in declared
-    ]
-    outputs = [helper.make_empty_tensor_value_info(n) for n in names]
-    graph = helper.make_graph(
-        g.nodes,
-        "stage",
-        inputs + state.inputs,
-        outputs + state.outputs,
-        initializer=g.initializers + state.defaults,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION
-    )
+    }
+    graph = ir.Graph([], [], nodes=[], opset_imports={"": OPSET}, name="stage")
+    g = StageBuilder(graph)  # the feeds' names are short ("w", "grad"): no stage makes them
+    state = StateInputs(g)
+    results = list(build(g, state, x))
+    graph.extend(g.nodes)
+    state.attach(graph)
+    declared = {v.name for v in state.inputs}
+    graph.inputs.extend(v for n, v in x.items() if n not in declared)
+    made = {v.name: v for node in graph for v in node.outputs}
+    declared_outputs = list(graph.outputs)
+    graph.outputs.clear()
+    graph.outputs.extend([made[r] if isinstance(r, str) else r for r in results])
+    graph.outputs.extend(declared_outputs)
+    model = ir.serde.serialize_model(ir.Model(graph, ir_version=IR_VERSION))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
 
@@ -101,7 +103,7 @@ def test_decay_weight(dtype):
     prec = Precision(ELEM[np.dtype(dtype)], "p.adamax")
     feeds = dict(zip(("w", "grad"), stage_inputs(dtype, w, grad), strict=True))
     feeds["wd"] = np.array(wd)
-    (got,) = run(lambda g, s: [decay_weight(g, prec, "w", "grad", "wd")], feeds)
+    (got,) = run(lambda g, s, x: [decay_weight(g, prec, x["w"], x["grad"], x["wd"])], feeds)
     # MindSpore: AddN(Mul(w, Cast(wd, dtype)), grad), each op in the parameter dtype.
     wd_p = np.asarray(wd).astype(dtype)
     expected = (w * wd_p).astype(dtype) + grad
@@ -114,7 +116,7 @@ def test_centralize_gradient(dtype):
     grad = random((4, 16, 3, 3), dtype, 2)
     prec = Precision(ELEM[np.dtype(dtype)], "p.adamax")
     (feed,) = stage_inputs(dtype, grad)
-    (got,) = run(lambda g, s: [centralize_gradient(g, prec, "grad", 4)], {"grad": feed})
+    (got,) = run(lambda g, s, x: [centralize_gradient(g, prec, x["grad"], 4)], {"grad": feed})
     mean = grad.astype(np.float64).mean(axis=(1, 2, 3), keepdims=True)
     expected = grad - mean.astype(dtype)
     assert expected.dtype == np.dtype(dtype)
@@ -136,7 +138,7 @@ def test_unscale_gradient(dtype, loss_scale):
     grad = random((7, 3), dtype, 3, 100.0)
     prec = Precision(ELEM[np.dtype(dtype)], "p.adamax")
     (feed,) = stage_inputs(dtype, grad)
-    (got,) = run(lambda g, s: [unscale_gradient(g, prec, "grad", loss_scale)], {"grad": feed})
+    (got,) = run(lambda g, s, x: [unscale_gradient(g, prec, x["grad"], loss_scale)], {"grad": feed})
     # MindSpore: grad * Cast(float32(1 / loss_scale), dtype).
     expected = grad * np.asarray(f32(1.0 / loss_scale)).astype(dtype)
     assert_bits(got, expected, dtype)
@@ -148,7 +150,7 @@ def test_low_precision_rounds_after_every_op():
     grad = np.array([-0.12213134765625, 0.267578125, 0.4462890625], np.float16)
     prec = Precision(TensorProto.FLOAT16, "p.adamax")
     feeds = {"w": w.astype(f32), "grad": grad.astype(f32), "wd": np.array(f32(1.0 / 3.0))}
-    (got,) = run(lambda g, s: [decay_weight(g, prec, "w", "grad", "wd")], feeds)
+    (got,) = run(lambda g, s, x: [decay_weight(g, prec, x["w"], x["grad"], x["wd"])], feeds)
     wd16 = np.float16(f32(1.0 / 3.0))
     per_op = (w * wd16).astype(np.float16) + grad
     at_end = (w.astype(f32) * f32(wd16) + grad.astype(f32)).astype(np.float16)
@@ -158,7 +160,7 @@ def test_low_precision_rounds_after_every_op():
 
 # -- per-group scalars ---------------------------------------------------------------------
 def test_advance_step():
-    def build(g, state):
+    def build(g, state, x):
         step = advance_step(g, state, f32(0.9))
         return [step.step_f, step.bias_correction]
 
@@ -171,7 +173,7 @@ def test_advance_step_from_a_later_state():
     b1p = f32(0.9) ** 41
     feeds = {GLOBAL_STEP: np.array(41, np.int64), BETA1_POWER: np.array(b1p, f32)}
     bias, step_next, b1p_next = run(
-        lambda g, state: [advance_step(g, state, f32(0.9)).bias_correction], feeds
+        lambda g, state, x: [advance_step(g, state, f32(0.9)).bias_correction], feeds
     )
     assert step_next == 42 and b1p_next == f32(b1p * f32(0.9))
     assert bias == f32(1.0) - b1p_next
@@ -183,7 +185,7 @@ def _group_lr(lr, convert_fixed, step, fixed_feed=None):
     if fixed_feed is not None:
         feeds[lr_input_name(0)] = np.array(fixed_feed, f32)
 
-    def build(g, state):
+    def build(g, state, x):
         step_t = advance_step(g, state, f32(0.9))
         return [learning_rate(g, state, lr, 0, step_t, convert_fixed), lr_current_name(0)]
 
@@ -219,15 +221,15 @@ def test_learning_rate_schedule():
 
 def _group_wd(wd, loss_scale, step):
     """The weight-decay stage of group 0 at ``step`` (None: no decay)."""
-    names = []
+    made = []
 
-    def build(g, state):
-        name = weight_decay(g, wd, 0, advance_step(g, state, f32(0.9)), loss_scale)
-        names.append(name)
-        return [name] if name else []
+    def build(g, state, x):
+        value = weight_decay(g, wd, 0, advance_step(g, state, f32(0.9)), loss_scale)
+        made.append(value)
+        return [] if value is None else [value]
 
     got = run(build, {GLOBAL_STEP: np.array(step, np.int64)})
-    return got[0] if names[0] else None
+    return None if made[0] is None else got[0]
 
 
 def test_weight_decay_fixed_is_the_double_product_stored_as_float32():
@@ -262,8 +264,8 @@ def test_apply_adamax():
     lr = f32(f32(0.01) / (f32(1.0) - f32(0.9) ** 3))
     feeds = {"w": w, "m": m, "v": v, "grad": grad, "lr": np.array(lr)}
 
-    def build(g, state):
-        return apply_adamax(g, "p.adamax", "w", "m", "v", "grad", "lr", HYPER)
+    def build(g, state, x):
+        return apply_adamax(g, "p.adamax", x["w"], x["m"], x["v"], x["grad"], x["lr"], HYPER)
 
     got = run(build, feeds)
     for got_t, exp_t in zip(got, apply_reference(w, m, v, grad, lr), strict=True):
@@ -277,10 +279,10 @@ def test_apply_adamax_runs_in_float32_for_other_dtypes(dtype):
     lr = f32(0.003)
     prec = Precision(ELEM[np.dtype(dtype)], "p.adamax")
 
-    def build(g, state):
-        w_s, g_s = prec.enter_stages(g, "w", "grad")
-        w_k, g_k, m_k, v_k = prec.enter_kernel(g, w_s, g_s, "m", "v")
-        results = apply_adamax(g, prec.prefix, w_k, m_k, v_k, g_k, "lr", HYPER)
+    def build(g, state, x):
+        w_s, g_s = prec.enter_stages(g, x["w"], x["grad"])
+        w_k, g_k, m_k, v_k = prec.enter_kernel(g, w_s, g_s, x["m"], x["v"])
+        results = apply_adamax(g, prec.prefix, w_k, m_k, v_k, g_k, x["lr"], HYPER)
         return [
             prec.leave_kernel(g, r, label, f"{label}.out")
             for r, label in zip(results, "mvw", strict=True)
@@ -295,25 +297,24 @@ def test_apply_adamax_runs_in_float32_for_other_dtypes(dtype):
 
 def test_apply_adamax_buckets_match_one_parameter_at_a_time():
     shapes = {"a": (3, 4), "b": (5,), "c": (2, 1, 3), "d": (40,)}
-    feeds, members = {}, []
+    feeds = {}
     for i, (p, shape) in enumerate(shapes.items()):
         for j, label in enumerate(("w", "m", "v", "grad")):
-            x = random(shape, f32, 10 * i + j, 0.1 if label == "m" else 1.0)
-            feeds[f"{p}.{label}"] = np.abs(x) if label == "v" else x
-        members.append(
-            KernelInputs(
-                p, list(shape), math.prod(shape), *(f"{p}.{k}" for k in ("w", "m", "v", "grad"))
-            )
-        )
+            a = random(shape, f32, 10 * i + j, 0.1 if label == "m" else 1.0)
+            feeds[f"{p}.{label}"] = np.abs(a) if label == "v" else a
     lr = f32(0.05)
     feeds["lr"] = np.array(lr)
+    members = []
 
-    def build(g, state):
+    def build(g, state, x):
+        for p, shape in shapes.items():
+            tensors = (x[f"{p}.{k}"] for k in ("w", "m", "v", "grad"))
+            members.append(KernelInputs(p, list(shape), math.prod(shape), *tensors))
         for k in members:
             state.output(f"{k.param}.adamax.m.updated", TensorProto.FLOAT, k.dims)
             state.output(f"{k.param}.adamax.v.updated", TensorProto.FLOAT, k.dims)
             state.output(f"{k.param}.updated", TensorProto.FLOAT, k.dims)
-        apply_adamax_buckets(g, 0, members, "lr", HYPER, bucket_size=30)
+        apply_adamax_buckets(g, 0, members, x["lr"], HYPER, bucket_size=30)
         return []
 
     got = run(build, feeds)
@@ -327,6 +328,6 @@ def test_apply_adamax_buckets_match_one_parameter_at_a_time():
 
 def test_pack_buckets_fills_in_order():
     sizes = [10, 10, 5, 30, 1, 1]
-    members = [KernelInputs(f"p{i}", [n], n, "", "", "", "") for i, n in enumerate(sizes)]
+    members = [KernelInputs(f"p{i}", [n], n, *[ir.Value()] * 4) for i, n in enumerate(sizes)]
     packed = [[k.numel for k in b] for b in pack_buckets(members, 25)]
     assert packed == [[10, 10, 5], [30], [1, 1]]
