@@ -26,11 +26,13 @@ Writing a custom schedule
 -------------------------
 Subclass :class:`LearningRateSchedule` and implement two methods:
 
-``emit(self, g, step, name) -> str``
-    Append nodes to ``g`` (a :class:`passes.builder.GraphBuilder`) that compute the value from
-    ``step``, the name of a float32 scalar tensor (shape ``[]``) holding the global step, and
-    return the name of a float32 scalar tensor. Use ``g.const(value, np.float32, name)`` for
-    constants and ``g.op(op_type, inputs, name, **attrs)`` for nodes; ``name`` is a readable
+``emit(self, g, step, name)``
+    Append nodes to ``g`` (the build's :class:`passes.adamax_stages.StageBuilder`, whose tensors
+    are ``onnx_ir`` values; :class:`passes.builder.GraphBuilder`'s are names, with the same
+    methods) that compute the value from ``step``, a float32 scalar tensor (shape ``[]``)
+    holding the global step, and return a float32 scalar tensor. Use
+    ``g.const(value, np.float32, name)`` for constants and
+    ``g.op(op_type, inputs, name, **attrs)`` for nodes; ``name`` is a readable
     prefix (for example ``"adamax.lr.group0"``) to build node names from. Only standard ONNX
     operators of opset 17 may be used.
 
@@ -136,16 +138,16 @@ class LearningRateSchedule:
     """
 
     def emit(self, g: GraphBuilder, step: str, name: str) -> str:
-        """Append the nodes computing the value at ``step``; return the output tensor name.
+        """Append the nodes computing the value at ``step``; return the output tensor.
 
         Args:
             g: builder collecting the nodes and constant initializers.
-            step: name of a float32 scalar (shape ``[]``) tensor holding the global step, 0 on
-                the first training step (the value before it is incremented).
+            step: the float32 scalar (shape ``[]``) tensor holding the global step, 0 on the
+                first training step (the value before it is incremented).
             name: readable prefix for the created nodes and tensors (e.g. ``"adamax.lr.group0"``).
 
         Returns:
-            The name of a float32 scalar (shape ``[]``) tensor.
+            A float32 scalar (shape ``[]``) tensor, as ``g.op`` returns it.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement emit()")
 
