@@ -24,7 +24,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from .errors import ModelError
-from .loss_scale import LossScaleManager, apply_guard
+from .loss_scale import LossScaleManager, guard_for
 from .optimizer import AdaMax, decays
 from .passes.adamax import DEFAULT_BUCKET_SIZE
 from .passes.builder import IR_VERSION, OPSET
@@ -351,12 +351,15 @@ def build_training_model(
     record = steps.RecordInference(optimizer.param_names, lambda m: _check_params(m, optimizer))
     batchnorm = steps.DecomposeBatchNorm(optimizer.param_names)
     dropout = steps.SeededDropout(dropout_seed)
-    guard = _Guard(optimizer.param_names, loss_name, skip_nonfinite, loss_scale_manager)
+    # the guard's options are checked up front: their TypeError reaches the caller
+    guard, overflow = guard_for(
+        optimizer.param_names, loss_name, skip_nonfinite, loss_scale_manager
+    )
 
     def contract() -> Contract:
         data_inputs = record.inputs + ([label] if builtin else [])
         c = _contract("training", optimizer, data_inputs, loss_name, record.inputs, record.outputs)
-        guard.result.annotate(c)
+        overflow.annotate(c)
         # running statistics of BatchNorm in training mode, the Dropout seed: state of every step
         c.extra_state += batchnorm.running_stats + dropout.state
         return c
@@ -373,25 +376,16 @@ def build_training_model(
         loss_name=loss_name,
         gradient_builder=gradient_builder,
         update=steps.update_steps(
-            optimizer, bucket_size, guard, portable, chunker if chunk_size else None
+            optimizer,
+            bucket_size,
+            guard,
+            steps.lowering_step(gradient_builder) if portable else None,
+            chunker if chunk_size else None,
         ),
         # the inference graph as torch's eval() runs it
         finish=steps.Finish(contract, lambda: record.eval_model, record.values),
     )
     return pipeline(model)
-
-
-class _Guard:
-    """:func:`apply_guard` as a step function; :attr:`result` is its ``OverflowGuard``."""
-
-    def __init__(self, params, loss, skip_nonfinite, manager) -> None:
-        self.args = (list(params), loss, skip_nonfinite, manager)
-
-    def __call__(self, model: onnx.ModelProto):
-        from onnx_ir.passes import PassResult
-
-        model, self.result = apply_guard(model, *self.args)
-        return PassResult(model, True)
 
 
 def build_optimizer_model(
@@ -443,16 +437,16 @@ def build_optimizer_model(
 
     from .passes import pipeline as steps
 
-    guard = _Guard(optimizer.param_names, None, skip_nonfinite, None)
+    guard, overflow = guard_for(optimizer.param_names, None, skip_nonfinite, None)
 
     def contract() -> Contract:
         names = [grad_name(n) for n in optimizer.param_names]
         c = _contract("optimizer", optimizer, names, None, [], [])
-        guard.result.annotate(c)
+        overflow.annotate(c)
         return c
 
     update = steps.update_steps(
-        optimizer, bucket_size, guard, portable=False, chunker=chunker if chunk_size else None
+        optimizer, bucket_size, guard, None, chunker if chunk_size else None
     )
     finish = steps.Finish(contract, values=lambda: {k: ir.tensor(v) for k, v in values.items()})
     return steps.optimizer_pipeline(update, finish)(model)

@@ -37,6 +37,7 @@ __all__ = [
     "DynamicLossScaleManager",
     "FixedLossScaleManager",
     "OverflowGuard",
+    "guard_for",
     "apply_guard",
 ]
 
@@ -153,7 +154,7 @@ class FixedLossScaleManager(LossScaleManager):
 
 
 class OverflowGuard:
-    """What :func:`apply_guard` added to a graph; records it in the model's contract."""
+    """What :func:`guard_for`'s pass adds to a graph; records it in the model's contract."""
 
     def __init__(self, skip: bool, manager: LossScaleManager | None, extra_state: list[str]):
         self.skip = skip
@@ -170,14 +171,14 @@ class OverflowGuard:
         contract.extra_state = list(self.extra_state)
 
 
-def apply_guard(
-    model: onnx.ModelProto,
+def guard_for(
     params: list[str],
     loss: str | None,
     skip_nonfinite: bool,
     manager: LossScaleManager | None,
-) -> tuple[onnx.ModelProto, OverflowGuard]:
-    """Apply :class:`passes.nonfinite.GuardNonFinite` as the options ask (no-op by default).
+) -> tuple[GuardNonFinite, OverflowGuard]:
+    """The :class:`passes.nonfinite.GuardNonFinite` pass the options ask for (a no-op by
+    default), and the :class:`OverflowGuard` that records it in the contract.
 
     Raises:
         TypeError: ``skip_nonfinite`` is not a bool, or ``manager`` is not a LossScaleManager.
@@ -199,5 +200,21 @@ def apply_guard(
     skip = skip_nonfinite or (manager is not None and manager.get_drop_overflow_update())
     spec = manager.spec() if manager is not None else None
     guard = GuardNonFinite(params, skip=skip, loss=loss, loss_scale=spec)
-    model = guard(model).model
-    return model, OverflowGuard(skip, manager, guard.state_inputs())
+    return guard, OverflowGuard(skip, manager, guard.state_inputs())
+
+
+def apply_guard(
+    model: onnx.ModelProto,
+    params: list[str],
+    loss: str | None,
+    skip_nonfinite: bool,
+    manager: LossScaleManager | None,
+) -> tuple[onnx.ModelProto, OverflowGuard]:
+    """:func:`guard_for`'s pass applied to ``model`` (a new ModelProto; ``model`` is left as it
+    was). The build runs the pass as a step of its pipeline instead, on its own copy.
+
+    Raises:
+        TypeError: as :func:`guard_for`.
+    """
+    guard, record = guard_for(params, loss, skip_nonfinite, manager)
+    return guard(model).model, record

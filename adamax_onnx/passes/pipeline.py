@@ -10,12 +10,13 @@ one :class:`passes.infra.Pipeline` over one copy of the model. Each step declare
 that are the user's to fix (a ``ModelError``, ``GradientError`` or ``LoweringError``, message
 unchanged); any other failure names the step.
 
-The steps up to the gradients are in-place ``onnx_ir`` passes on one ``onnx_ir.Model``, read
-from the input without copying its tensors (with the default gradient builder; a builder on
-``ModelProto``, such as onnxruntime-training's, runs as a proto step). The update and lowering
-take a ``ModelProto``: the model is serialized after the gradients (its one copy), and they run
-as proto steps (:class:`passes.infra.ProtoStep`) on that copy. (The non-finite guard, through
-``loss_scale.apply_guard``, still copies it once more.)
+Every step but :class:`Finish` is an in-place ``onnx_ir`` pass on one ``onnx_ir.Model``, read
+from the input without copying its tensors; the trained parameters' values leave the graph at
+the gradients and are written once, by :class:`Finish`, into the one ``ModelProto`` the graph
+is serialized to. A gradient builder on ``ModelProto`` (onnxruntime-training's) runs as a proto
+step (:class:`passes.infra.ProtoStep`: the graph is serialized before it and read back after
+it), and the lowering of its ops after it; after the default builder, which emits standard ONNX
+only, lowering just looks at the op types (:class:`LowerNonStandard`).
 """
 
 from __future__ import annotations
@@ -34,12 +35,19 @@ from .builder import IR_VERSION
 from .chunking import ChunkUpdates
 from .contract import Contract, detach_initial_values, write_contract
 from .dropout import DropoutError, SeededDropout
-from .gradients import BuildGradients, GradientBuilder, GradientBuildError
+from .gradients import (
+    BuildGradients,
+    GradientBuilder,
+    GradientBuildError,
+    InPlaceGradientBuilder,
+)
 from .inference import embed_inference_graph
-from .infra import BuildPass, Pipeline, ProtoStep, Step, Translate
-from .irbuild import without_values
+from .infra import BuildPass, Pipeline, ProtoStep, Step, Translate, to_ir, to_proto
+from .irbuild import default_opset, without_values
 from .loss import AttachLoss
 from .lowering import LowerToStandard, UnloweredOpsError
+from .lowering.context import is_standard
+from .nonfinite import GuardNonFinite
 from .sequences import SplitSequencesToSlices
 from .ties import RetieFoldedCopies, UntieTensors
 
@@ -174,25 +182,50 @@ def _lowering_failed(exc: Exception) -> str:
     )
 
 
+class LowerNonStandard(BuildPass):
+    """:class:`passes.lowering.LowerToStandard` after the default gradient builder, which emits
+    standard ONNX only: a look at the op types, and a round trip through a ``ModelProto`` (a
+    copy of the model) only where the model itself holds a non-standard op."""
+
+    translations = (Translate(UnloweredOpsError, LoweringError, _lowering_failed),)
+
+    def call(self, model: ir.Model) -> PassResult:
+        opset = default_opset(model, missing=1)
+        kinds = {(n.domain, n.op_type): n for n in model.graph}
+        if all(is_standard(n, opset) for n in kinds.values()):
+            return PassResult(model, False)
+        lowered = to_ir(LowerToStandard().call(to_proto(model)).model)
+        model.graph = lowered.graph
+        return PassResult(model, True)
+
+
+def lowering_step(builder: GradientBuilder | None) -> Step:
+    """The lowering of ``portable=True``: a proto step after a builder on ``ModelProto``
+    (onnxruntime-training's, whose ``com.microsoft`` ops it rewrites), else
+    :class:`LowerNonStandard`."""
+    if builder is None or isinstance(builder, InPlaceGradientBuilder):
+        return LowerNonStandard()
+    return ProtoStep(
+        LowerToStandard().call,
+        "LowerToStandard",
+        translations=[Translate(UnloweredOpsError, LoweringError, _lowering_failed)],
+    )
+
+
 def update_steps(
-    optimizer, bucket_size: int, guard: Callable, portable: bool, chunker: ChunkUpdates | None
+    optimizer,
+    bucket_size: int,
+    guard: GuardNonFinite,
+    lowering: Step | None,
+    chunker: ChunkUpdates | None,
 ) -> list[Step]:
-    """AdaMax update, non-finite guard (``guard``: proto -> PassResult), lowering, chunking."""
-    steps = [
-        ProtoStep(AdaMaxPass(optimizer, bucket_size=bucket_size).call, "AdaMaxPass"),
-        # the guard's options are checked as it runs: their TypeError reaches the caller
-        ProtoStep(guard, "GuardNonFinite", False, [Translate(TypeError, TypeError)]),
-    ]
-    if portable:
-        steps.append(
-            ProtoStep(
-                LowerToStandard().call,
-                "LowerToStandard",
-                translations=[Translate(UnloweredOpsError, LoweringError, _lowering_failed)],
-            )
-        )
+    """AdaMax update, non-finite guard (:func:`adamax_onnx.loss_scale.guard_for`), lowering
+    (:func:`lowering_step`, or None), chunking (or None)."""
+    steps = [AdaMaxPass(optimizer, bucket_size=bucket_size), guard]
+    if lowering is not None:
+        steps.append(lowering)
     if chunker is not None:  # last: the chunked regions include the guard's Where nodes
-        steps.append(chunker)  # an ir step (passes.chunking)
+        steps.append(chunker)
     return steps
 
 
