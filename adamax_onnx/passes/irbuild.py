@@ -130,31 +130,43 @@ def infer_types(model: ir.Model) -> None:
             )
         except Exception:
             continue
-        _set_types(graph, result.graph, main=True)
+        _set_types(graph, result.graph, proto.graph, main=True)
         return
 
 
-def _set_types(graph: ir.Graph, proto: onnx.GraphProto, main: bool) -> None:
-    """Types and shapes of ``proto`` (``graph`` serialized, then inferred) onto ``graph``."""
-    facts = {vi.name: vi.type for vi in proto.value_info}
-    facts.update((vi.name, vi.type) for vi in proto.output)
+def _set_types(
+    graph: ir.Graph, inferred: onnx.GraphProto, stated: onnx.GraphProto, main: bool
+) -> None:
+    """Types and shapes of ``inferred`` onto ``graph`` where they differ from ``stated`` (the
+    graph as serialized for inference: what its values state already)."""
+
+    def facts(proto: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
+        found = {vi.name: vi.type for vi in proto.value_info}
+        found.update((vi.name, vi.type) for vi in proto.output)
+        if not main:  # a subgraph's inputs are inferred from its node's inputs
+            found.update((vi.name, vi.type) for vi in proto.input)
+        return found
+
+    new, old = facts(inferred), facts(stated)
     values = [out for node in graph for out in node.outputs] + list(graph.outputs)
-    if not main:  # a subgraph's inputs are inferred from its node's inputs
-        facts.update((vi.name, vi.type) for vi in proto.input)
+    if not main:
         values += graph.inputs
     for value in values:
-        fact = facts.get(value.name)
-        if fact is not None:
+        fact = new.get(value.name)
+        if fact is not None and fact != old.get(value.name):
             value.type = ir.serde.deserialize_type_proto_for_type(fact)
             value.shape = ir.serde.deserialize_type_proto_for_shape(fact)
-    for node, node_proto in zip(graph, proto.node, strict=True):
-        protos = {a.name: a for a in node_proto.attribute}
+    for node, node_new, node_old in zip(graph, inferred.node, stated.node, strict=True):
         for attr in node.attributes.values():
+            if attr.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                continue
+            a = next(a for a in node_new.attribute if a.name == attr.name)
+            b = next(b for b in node_old.attribute if b.name == attr.name)
             if attr.type == ir.AttributeType.GRAPH:
-                _set_types(attr.value, protos[attr.name].g, main=False)
-            elif attr.type == ir.AttributeType.GRAPHS:
-                for sub, sub_proto in zip(attr.value, protos[attr.name].graphs, strict=True):
-                    _set_types(sub, sub_proto, main=False)
+                _set_types(attr.value, a.g, b.g, main=False)
+            else:
+                for sub, sub_new, sub_old in zip(attr.value, a.graphs, b.graphs, strict=True):
+                    _set_types(sub, sub_new, sub_old, main=False)
 
 
 def default_opset(model: ir.Model, missing: int = 0) -> int:
