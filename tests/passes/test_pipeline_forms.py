@@ -8,12 +8,16 @@ trained ``Gemm``; the first step's loss is checked against numpy's cross entropy
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import adamax_onnx as ax
+from adamax_onnx.models.mlp import build_mlp
 from adamax_onnx.passes.autodiff import AutodiffBuilder
 
 RNG = np.random.default_rng(3)
@@ -67,3 +71,29 @@ def test_a_model_op_is_lowered_with_either_builder(builder):
 def test_portable_false_keeps_the_model_op():
     train = ax.build_training_model(_model(), ax.AdaMax(["W", "b"]), portable=False)
     assert "FusedMatMul" in {n.op_type for n in train.graph.node}
+
+
+def test_the_weights_are_read_once_and_written_once(monkeypatch):
+    """The whole build is one onnx_ir model: the input's tensors are wrapped once, and each
+    trained parameter's value is serialized once, into the built model (no copy in between)."""
+    model = build_mlp(in_features=32, hidden=(48,), num_classes=10)
+    params = ax.trainable_params(model)
+    reads, writes = [], Counter()
+    read, write = ir.serde.deserialize_model, ir.serde.serialize_tensor_into
+
+    def counted_read(proto):
+        if any(len(t.raw_data) > 1000 for t in proto.graph.initializer):
+            reads.append(proto)
+        return read(proto)
+
+    def counted_write(proto, from_):
+        writes[from_.name] += 1
+        return write(proto, from_)
+
+    monkeypatch.setattr(ir.serde, "deserialize_model", counted_read)
+    monkeypatch.setattr(ir.serde, "serialize_tensor_into", counted_write)
+    opt = ax.AdaMax(params)
+    train = ax.build_training_model(model, opt, loss_scale_manager=ax.DynamicLossScaleManager())
+    assert len(reads) == 1
+    assert {p: writes[p] for p in params} == dict.fromkeys(params, 1)
+    assert {i.name for i in train.graph.initializer} >= {f"{p}.initial" for p in params}
