@@ -155,6 +155,7 @@ class BuildGradients(BuildPass):
                 value.shape = ir.Shape(tensor.shape.numpy())
                 graph.inputs.append(value)
         self.builder.build_in_place(model, self.loss, self.params)
+        graph = model.graph  # a new one where the builder upgraded an old opset
         self._check_built({o.name for n in graph for o in n.outputs})
         seed = graph.initializers.get(grad_name(self.loss))
         if seed is not None:

@@ -81,6 +81,11 @@ def test_an_old_opset_is_upgraded_in_place():
     out = _run(ir.serde.serialize_model(model), {"x": X})
     np.testing.assert_allclose(out["W_grad"], _expected_grad(), rtol=1e-4, atol=1e-4)
 
+    model = ir.serde.deserialize_model(_model(opset=11))
+    assert BuildGradients("loss", ["W"])(model).model is model
+    out = _run(ir.serde.serialize_model(model), {"x": X, "W": W})
+    np.testing.assert_allclose(out["W_grad"], _expected_grad(), rtol=1e-4, atol=1e-4)
+
 
 def test_build_gradients_is_an_in_place_ir_step_with_the_default_builder():
     model = ir.serde.deserialize_model(_model())
