@@ -26,11 +26,9 @@ from onnx import TensorProto, helper
 from .errors import ModelError
 from .loss_scale import LossScaleManager, guard_for
 from .optimizer import AdaMax, decays
-from .passes.adamax import DEFAULT_BUCKET_SIZE
 from .passes.builder import IR_VERSION, OPSET
-from .passes.chunking import ChunkUpdates
 from .passes.contract import Contract, grad_name, lr_input_name
-from .passes.names import KEEP_TIES_KEY, LOSS_NAME, is_generated_name
+from .passes.names import DEFAULT_BUCKET_SIZE, KEEP_TIES_KEY, LOSS_NAME, is_generated_name
 from .safety import check_in_memory_model, load_model_file
 
 if TYPE_CHECKING:
@@ -345,7 +343,7 @@ def build_training_model(
     model = load_model(model)
     if not isinstance(optimizer, AdaMax):
         raise TypeError(f"optimizer must be an adamax_onnx.AdaMax, got {type(optimizer).__name__}")
-    chunker = ChunkUpdates(optimizer.param_names, chunk_size)  # checks chunk_size up front
+    chunker = steps.ChunkUpdates(optimizer.param_names, chunk_size)  # checks chunk_size up front
     builtin = loss in ("cross_entropy", "mse")
     loss_name = LOSS_NAME if builtin else loss
     record = steps.RecordInference(optimizer.param_names, lambda m: _check_params(m, optimizer))
@@ -406,9 +404,11 @@ def build_optimizer_model(
         skip_nonfinite: as in :func:`build_training_model`, over the given gradients.
         bucket_size, chunk_size: as in :func:`build_training_model`.
     """
+    from .passes import pipeline as steps
+
     if not isinstance(optimizer, AdaMax):
         raise TypeError(f"optimizer must be an adamax_onnx.AdaMax, got {type(optimizer).__name__}")
-    chunker = ChunkUpdates(optimizer.param_names, chunk_size)  # checks chunk_size up front
+    chunker = steps.ChunkUpdates(optimizer.param_names, chunk_size)  # checks chunk_size up front
     missing = [n for n in optimizer.param_names if n not in params]
     if missing:
         raise ModelError(f"no initial value given for parameter(s) {missing}")
@@ -434,8 +434,6 @@ def build_optimizer_model(
         producer_name="adamax-onnx",
     )
     import onnx_ir as ir
-
-    from .passes import pipeline as steps
 
     guard, overflow = guard_for(optimizer.param_names, None, skip_nonfinite, None)
 

@@ -25,12 +25,15 @@ not reproduced.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from .checkparam import check_int_above_zero, check_real_number, is_less
-from .passes.nonfinite import OVERFLOW, GuardNonFinite, LossScaleSpec
+from .passes.names import OVERFLOW, LossScaleSpec
+
+if TYPE_CHECKING:
+    from .passes.nonfinite import GuardNonFinite
 
 __all__ = [
     "LossScaleManager",
@@ -199,6 +202,8 @@ def guard_for(
         )
     skip = skip_nonfinite or (manager is not None and manager.get_drop_overflow_update())
     spec = manager.spec() if manager is not None else None
+    from .passes.nonfinite import GuardNonFinite  # onnx_ir loads with the first build
+
     guard = GuardNonFinite(params, skip=skip, loss=loss, loss_scale=spec)
     return guard, OverflowGuard(skip, manager, guard.state_inputs())
 

@@ -36,7 +36,6 @@ from .checkpoint import check_restorable, model_identity, read_checkpoint, write
 from .errors import FeedError, LearningRateTableExhausted, ModelError
 from .feeds import ORT_TYPES, FeedValidator, TensorSpec
 from .lr_probe import LearningRateProbe, groups_of
-from .passes.chunking import DEFAULT_CHUNK_SIZE
 from .passes.contract import (
     BETA1_POWER,
     GLOBAL_STEP,
@@ -48,8 +47,7 @@ from .passes.contract import (
     v_name,
 )
 from .passes.inference import extract_inference_model
-from .passes.nonfinite import LOSS_SCALE
-from .passes.session import chunk_layouts, session_models
+from .passes.names import DEFAULT_CHUNK_SIZE, LOSS_SCALE
 from .safety import label_ranges
 from .trainable import is_trainable_file, training_model_from_trainable
 
@@ -228,6 +226,8 @@ class TrainingSession:
         self.chunk_size = chunk_size
         # Parameters, state and fixed learning rates are always bound (IOBinding): the session
         # gets the model without their initial values (passes.session).
+        from .passes.session import chunk_layouts, session_models  # onnx_ir: on first use
+
         self.session, runnable = _start_session(
             *session_models(self.model, contract, chunk_size), sess_options, self.providers
         )

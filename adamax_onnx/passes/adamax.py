@@ -42,12 +42,11 @@ from .adamax_stages import (
 )
 from .contract import grad_name, m_name, updated, v_name
 from .infra import BuildPass
+from .names import DEFAULT_BUCKET_SIZE
 from .precision import FLOAT_TYPES, Precision
 
 __all__ = ["AdaMaxPass", "DEFAULT_BUCKET_SIZE"]
 
-#: Float32 parameters with fewer elements are updated together in flat buckets by default.
-DEFAULT_BUCKET_SIZE = 65536
 
 
 def _spec(value: ir.Value) -> tuple[int, list]:

@@ -35,11 +35,10 @@ from onnx_ir.passes import PassResult
 from .contract import grad_name, m_name, updated, v_name
 from .infra import BuildPass
 from .irbuild import IRBuilder, inferred
+from .names import DEFAULT_CHUNK_SIZE
 
 __all__ = ["ChunkUpdates", "DEFAULT_CHUNK_SIZE", "chunk_length"]
 
-#: Elements per chunk: 512 KiB of float32 per tensor (measured best of 32K-256K, 1 x 16M).
-DEFAULT_CHUNK_SIZE = 131072
 
 #: Ops computed element by element (with scalar operands), safe to run row by row.
 _ELEMENTWISE = {

@@ -1,4 +1,4 @@
-"""Names the build gives or recognizes, apart from the passes that use them.
+"""Names, defaults and small specs the build and the runtime share, apart from the passes.
 
 Kept in a module of their own, with no import of ``onnx_ir``: the public API and the runtime
 read them without loading the passes (``import adamax_onnx`` stays fast).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 __all__ = [
     "LOSS_NAME",
@@ -17,7 +18,30 @@ __all__ = [
     "KEEP_TIES_KEY",
     "is_generated_name",
     "UniqueNames",
+    "DEFAULT_BUCKET_SIZE",
+    "DEFAULT_CHUNK_SIZE",
+    "OVERFLOW",
+    "LOSS_SCALE",
+    "LOSS_SCALE_CUR_ITER",
+    "LOSS_SCALE_LAST_OVERFLOW_ITER",
+    "LossScaleSpec",
 ]
+
+#: Float32 parameters with fewer elements are updated together in flat buckets
+#: (:class:`passes.adamax.AdaMaxPass`).
+DEFAULT_BUCKET_SIZE = 65536
+#: Elements per chunk of the chunked update on the CPU (:class:`passes.chunking.ChunkUpdates`):
+#: 512 KiB of float32 per tensor (measured best of 32K-256K, 1 x 16M).
+DEFAULT_CHUNK_SIZE = 131072
+
+#: bool scalar output: True when some gradient held NaN/Inf and the update was skipped.
+OVERFLOW = "adamax.overflow"
+#: float32 scalar state of a dynamic loss scale (MindSpore's ``scale_sense``).
+LOSS_SCALE = "adamax.loss_scale"
+#: int32 scalar state: ``DynamicLossScaleUpdateCell.cur_iter`` (starts at 1).
+LOSS_SCALE_CUR_ITER = "adamax.loss_scale.cur_iter"
+#: int32 scalar state: ``DynamicLossScaleUpdateCell.last_overflow_iter`` (starts at 0).
+LOSS_SCALE_LAST_OVERFLOW_ITER = "adamax.loss_scale.last_overflow_iter"
 
 LOSS_NAME = "loss"
 LOG_PROB_NAME = "loss.log_prob"
@@ -65,3 +89,25 @@ class UniqueNames:
             raise ValueError(f"tensor name {name!r} is already used in the graph")
         self._taken.add(name)
         return name
+
+
+@dataclass(frozen=True)
+class LossScaleSpec:
+    """How the loss gradient is scaled; MindSpore's loss-scale managers map onto this.
+
+    Attributes:
+        init: the (initial) loss scale, the seed of the loss gradient.
+        dynamic: the scale is graph state updated each step (``DynamicLossScaleUpdateCell``).
+        scale_factor: dynamic only: divide by it on overflow, multiply by it after
+            ``scale_window`` clean steps.
+        scale_window: dynamic only.
+        unscale: multiply gradients by ``1/scale`` in the graph before the optimizer reads
+            them (``TrainOneStepWithLossScaleCell``); False leaves it to the optimizer's own
+            ``loss_scale`` (``TrainOneStepCell`` with ``sens``).
+    """
+
+    init: float
+    dynamic: bool = False
+    scale_factor: float = 2.0
+    scale_window: int = 2000
+    unscale: bool = True

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -33,6 +32,13 @@ from onnx_ir.passes import PassResult
 from .contract import grad_name, updated
 from .infra import BuildPass
 from .irbuild import IRBuilder
+from .names import (
+    LOSS_SCALE,
+    LOSS_SCALE_CUR_ITER,
+    LOSS_SCALE_LAST_OVERFLOW_ITER,
+    OVERFLOW,
+    LossScaleSpec,
+)
 
 __all__ = [
     "GuardNonFinite",
@@ -43,15 +49,6 @@ __all__ = [
     "LOSS_SCALE_LAST_OVERFLOW_ITER",
 ]
 
-#: bool scalar output: True when some gradient held NaN/Inf and the update was skipped.
-OVERFLOW = "adamax.overflow"
-#: float32 scalar state of a dynamic loss scale (MindSpore's ``scale_sense``).
-LOSS_SCALE = "adamax.loss_scale"
-#: int32 scalar state: ``DynamicLossScaleUpdateCell.cur_iter`` (starts at 1).
-LOSS_SCALE_CUR_ITER = "adamax.loss_scale.cur_iter"
-#: int32 scalar state: ``DynamicLossScaleUpdateCell.last_overflow_iter`` (starts at 0).
-LOSS_SCALE_LAST_OVERFLOW_ITER = "adamax.loss_scale.last_overflow_iter"
-
 _FLOAT = ir.DataType.FLOAT
 _NATIVE = (ir.DataType.FLOAT, ir.DataType.DOUBLE)
 #: Magnitudes that round to +-Inf in a narrow float type (round to nearest even): halfway
@@ -60,28 +57,6 @@ _OVERFLOW_AT = {
     ir.DataType.FLOAT16: 65520.0,
     ir.DataType.BFLOAT16: float(np.float32((2 - 2**-8) * 2.0**127)),
 }
-
-
-@dataclass(frozen=True)
-class LossScaleSpec:
-    """How the loss gradient is scaled; MindSpore's loss-scale managers map onto this.
-
-    Attributes:
-        init: the (initial) loss scale, the seed of the loss gradient.
-        dynamic: the scale is graph state updated each step (``DynamicLossScaleUpdateCell``).
-        scale_factor: dynamic only: divide by it on overflow, multiply by it after
-            ``scale_window`` clean steps.
-        scale_window: dynamic only.
-        unscale: multiply gradients by ``1/scale`` in the graph before the optimizer reads
-            them (``TrainOneStepWithLossScaleCell``); False leaves it to the optimizer's own
-            ``loss_scale`` (``TrainOneStepCell`` with ``sens``).
-    """
-
-    init: float
-    dynamic: bool = False
-    scale_factor: float = 2.0
-    scale_window: int = 2000
-    unscale: bool = True
 
 
 class GuardNonFinite(BuildPass):

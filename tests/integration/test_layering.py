@@ -37,8 +37,11 @@ RUNTIME_LAYER = tuple(
 )
 #: The modules allowed to import the example builders (adamax_onnx.models).
 MODELS_USERS = (f"{PACKAGE}.cli", f"{PACKAGE}.federated", f"{PACKAGE}.models")
-#: Packages ``import adamax_onnx`` must not load (tests, examples, Flower, the ortt build).
+#: Packages ``import adamax_onnx`` must not load (tests, examples, Flower, the ortt build;
+#: onnx_ir and its sympy, ~0.25 s, load with the first build, session or probe).
 HEAVY = (
+    "onnx_ir",
+    "sympy",
     "torch",
     "torchvision",
     "transformers",
