@@ -24,6 +24,7 @@ becomes, message unchanged; such an error reaches the caller as it is. Any other
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -173,6 +174,18 @@ class Pipeline:
 
     def __call__(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """The model after every step; ``model`` itself is left unchanged."""
+        # The steps create many small objects that die with the build (nodes, values, their
+        # uses): Python's cyclic collector would rescan them hundreds of times, about half of
+        # a 2,000-parameter build (2.1 -> 1.2 s). Paused for the build, as usual after it.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run(model)
+        finally:
+            if enabled:
+                gc.enable()
+
+    def _run(self, model: onnx.ModelProto) -> onnx.ModelProto:
         current: ir.Model | onnx.ModelProto = model
         for form, group in self._groups():
             current = _convert(current, form)
