@@ -112,7 +112,13 @@ SESSION_METHODS = [
     "get_weight_decay",
     "bind_inputs",
 ]
-SESSION_ATTRIBUTES = ["loss_scale", "last_overflow"]  # set per session, read after a step
+SESSION_ATTRIBUTES = [  # properties: values of the session, not methods
+    "loss_scale",
+    "last_overflow",
+    "chunk_layout",
+    "parameter_specs",
+    "learning_rates",
+]
 
 EXPLICIT = [
     "ax.AdaMax",
