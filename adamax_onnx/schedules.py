@@ -92,8 +92,15 @@ from .checkparam import (
     check_positive_int,
 )
 
-if TYPE_CHECKING:  # only for annotations: the builder lives in the graph-pass package
+if TYPE_CHECKING:  # only for annotations: the builders live in the graph-pass package
+    import onnx_ir as ir
+
+    from .passes.adamax_stages import StageBuilder
     from .passes.builder import GraphBuilder
+
+    #: The build's builder (tensors are onnx_ir values) or the protobuf one (names).
+    Builder = StageBuilder | GraphBuilder
+    Tensor = ir.Value | str
 
 __all__ = [
     "is_schedule",
@@ -137,7 +144,7 @@ class LearningRateSchedule:
     numpy float32). See the module docstring for a complete example.
     """
 
-    def emit(self, g: GraphBuilder, step: str, name: str) -> str:
+    def emit(self, g: Builder, step: Tensor, name: str) -> Tensor:
         """Append the nodes computing the value at ``step``; return the output tensor.
 
         Args:
@@ -217,7 +224,7 @@ class ExponentialDecayLR(_DecaySchedule):
         ValueError: ``decay_steps`` < 1, or ``learning_rate``/``decay_rate`` <= 0 or not finite.
     """
 
-    def emit(self, g: GraphBuilder, step: str, name: str) -> str:
+    def emit(self, g: Builder, step: Tensor, name: str) -> Tensor:
         decay_steps = g.const(self.decay_steps, _F32, f"{name}.decay_steps")
         p = g.op("Div", [step, decay_steps], f"{name}.p")
         if self.is_stair:
@@ -253,7 +260,7 @@ class NaturalExpDecayLR(_DecaySchedule):
     Args and Raises: as :class:`ExponentialDecayLR`.
     """
 
-    def emit(self, g: GraphBuilder, step: str, name: str) -> str:
+    def emit(self, g: Builder, step: Tensor, name: str) -> Tensor:
         p = step
         if self.is_stair:
             decay_steps = g.const(self.decay_steps, _F32, f"{name}.decay_steps")
@@ -293,7 +300,7 @@ class InverseDecayLR(_DecaySchedule):
     Args and Raises: as :class:`ExponentialDecayLR`.
     """
 
-    def emit(self, g: GraphBuilder, step: str, name: str) -> str:
+    def emit(self, g: Builder, step: Tensor, name: str) -> Tensor:
         decay_steps = g.const(self.decay_steps, _F32, f"{name}.decay_steps")
         p = g.op("Div", [step, decay_steps], f"{name}.p")
         if self.is_stair:
@@ -363,7 +370,7 @@ class CosineDecayLR(LearningRateSchedule):
     def _delta(self) -> float:
         return 0.5 * (self.max_lr - self.min_lr)  # double, as in MindSpore's __init__
 
-    def emit(self, g: GraphBuilder, step: str, name: str) -> str:
+    def emit(self, g: Builder, step: Tensor, name: str) -> Tensor:
         decay_steps = g.const(self.decay_steps, _F32, f"{name}.decay_steps")
         p = g.op("Min", [step, decay_steps], f"{name}.p")
         ratio = g.op("Div", [p, decay_steps], f"{name}.ratio")
@@ -447,7 +454,7 @@ class PolynomialDecayLR(LearningRateSchedule):
     def _diff(self) -> float:
         return self.learning_rate - self.end_learning_rate  # double, as in MindSpore's __init__
 
-    def emit(self, g: GraphBuilder, step: str, name: str) -> str:
+    def emit(self, g: Builder, step: Tensor, name: str) -> Tensor:
         decay_steps = g.const(self.decay_steps, _F32, f"{name}.decay_steps")
         s = step
         horizon = decay_steps
@@ -509,7 +516,7 @@ class WarmUpLR(LearningRateSchedule):
         check_non_negative_float(self.learning_rate, "learning_rate", prim)
         check_positive_int(self.warmup_steps, "warmup_steps", prim)
 
-    def emit(self, g: GraphBuilder, step: str, name: str) -> str:
+    def emit(self, g: Builder, step: Tensor, name: str) -> Tensor:
         warmup_steps = g.const(self.warmup_steps, _F32, f"{name}.warmup_steps")
         clamped = g.op("Min", [step, warmup_steps], f"{name}.clamped_step")
         percent = g.op("Div", [clamped, warmup_steps], f"{name}.warmup_percent")
