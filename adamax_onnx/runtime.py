@@ -1,20 +1,16 @@
 """TrainingSession: one ``InferenceSession.run`` per training step, state kept on the device.
 
-Parameters and optimizer state live in two sets of OrtValues on the session's device. Two
-IOBindings are prepared once: A->B (inputs from set A, outputs written into set B) and B->A. A
-step binds only the batch, runs one binding and flips to the other, so per step only the batch
-goes in and the scalar loss comes out; no parameter-sized host copy or allocation happens.
+Parameters and optimizer state live on the session's device in two sets of buffers with two
+IOBindings prepared once (:class:`.buffers.StateBuffers`): a step binds only the batch, runs one
+binding and flips to the other, so per step only the batch goes in and the scalar loss comes
+out; no parameter-sized host copy or allocation happens. A failed run writes only into the
+*other* set, so the current parameters and state are untouched; feeds are validated
+(:mod:`.feeds`) and learning-rate tables checked before anything runs.
 
-A failed run writes only into the *other* set, so the current parameters and state are
-untouched; feeds are validated (:mod:`.feeds`) and learning-rate tables checked before anything
-runs.
-
-This module holds the buffers and the bindings. It never edits graphs: the model it runs comes
-from :mod:`.passes.session`, the inference model from :mod:`.passes.inference`; feeds are
-checked by :mod:`.feeds`, learning rates read by :mod:`.lr_probe`, checkpoints written and
-checked by :mod:`.checkpoint`. Why it is longer than 400 lines: it is one class, the whole
-public surface of a session (step, state, learning rates, checkpoints, inference), each method
-a few lines over the buffers it owns; splitting the class would split the buffers.
+This module is the public surface of a session (step, state, learning rates, checkpoints,
+inference) over those buffers. It never edits graphs: the model it runs comes from
+:mod:`.passes.session`, the inference model from :mod:`.passes.inference`; learning rates are
+read by :mod:`.lr_probe`, checkpoints written and checked by :mod:`.checkpoint`.
 """
 
 from __future__ import annotations
@@ -32,8 +28,9 @@ from onnx import numpy_helper
 
 from .api import load_model
 from .atomic import save_model_atomically
+from .buffers import StateBuffers
 from .checkpoint import check_restorable, model_identity, read_checkpoint, write_checkpoint
-from .errors import FeedError, LearningRateTableExhausted, ModelError
+from .errors import LearningRateTableExhausted, ModelError
 from .feeds import ORT_TYPES, FeedValidator, TensorSpec
 from .lr_probe import LearningRateProbe, groups_of
 from .passes.contract import (
@@ -43,7 +40,6 @@ from .passes.contract import (
     initial_values,
     m_name,
     read_contract,
-    updated,
     v_name,
 )
 from .passes.inference import extract_inference_model
@@ -52,10 +48,6 @@ from .safety import label_ranges
 from .trainable import is_trainable_file, training_model_from_trainable
 
 __all__ = ["TrainingSession", "default_chunk_size"]
-
-#: Fed arrays smaller than this are copied into buffers bound once; larger ones are bound in
-#: place (a bind costs ~6 us, a 1 MiB copy ~50 us).
-_COPY_LIMIT = 1 << 20
 
 
 def _provider_names(providers: Sequence[Any]) -> list[str]:
@@ -105,66 +97,6 @@ def _start_session(
         return ort.InferenceSession(plain.SerializeToString(), options, providers), plain
 
 
-def _ping_pong_buffers(
-    initial: Mapping[str, onnx.TensorProto], device: str, device_id: int
-) -> list[dict[str, ort.OrtValue]]:
-    """Two sets of OrtValues holding the ``initial`` values, on the device."""
-    buffers: list[dict[str, ort.OrtValue]] = [{}, {}]
-    for name, tensor in initial.items():
-        # At most two copies of a tensor exist at once (the bytes read from the model are
-        # dropped before the second set is made): a lower peak while the session starts.
-        first = np.array(numpy_helper.to_array(tensor), order="C", copy=True)
-        second = first.copy()
-        for buf, arr in zip(buffers, (first, second), strict=True):
-            buf[name] = ort.OrtValue.ortvalue_from_numpy(arr, device, device_id)
-        del first, second
-    return buffers
-
-
-class _PackedInputs:
-    """Fed inputs of one static shape under 1 MiB, copied in by one ``np.concatenate`` per dtype.
-
-    Each dtype's inputs share one host buffer; the OrtValue bound for each input (in both
-    bindings) is a view of its part. A step copies every such array with a single C call
-    instead of one ``OrtValue.update_inplace`` each (2,000 x 1K float32: about 1 ms instead of
-    3), so ``step(feeds)`` costs no more than copying into buffers bound once oneself.
-
-    Args:
-        specs: the spec of every input a step takes.
-        bindings: the IOBindings that read the inputs.
-    """
-
-    def __init__(self, specs: Sequence[TensorSpec], bindings: Sequence[ort.IOBinding]) -> None:
-        packable = [
-            s
-            for s in specs
-            if s.shape is not None
-            and s.dtype is not None
-            and 0 < int(np.prod(s.shape)) * s.dtype.itemsize < _COPY_LIMIT
-        ]
-        self.others = [s.name for s in specs if s not in packable]
-        self.groups: list[tuple[list[str], np.ndarray]] = []
-        self._values: list[ort.OrtValue] = []  # a binding does not own the memory it reads
-        for dtype in dict.fromkeys(s.dtype for s in packable):
-            members = [s for s in packable if s.dtype == dtype]
-            buffer = np.empty(sum(int(np.prod(s.shape)) for s in members), dtype)
-            offset = 0
-            for spec in members:
-                size = int(np.prod(spec.shape))
-                view = buffer[offset : offset + size].reshape(spec.shape)
-                value = ort.OrtValue.ortvalue_from_numpy(view)  # wraps the view: no copy
-                for binding in bindings:
-                    binding.bind_ortvalue_input(spec.name, value)
-                self._values.append(value)
-                offset += size
-            self.groups.append(([s.name for s in members], buffer))
-
-    def copy(self, arrays: Mapping[str, np.ndarray]) -> None:
-        """Copy the packed inputs of ``arrays`` (validated: exact dtypes and shapes) in."""
-        for names, buffer in self.groups:
-            np.concatenate([arrays[n] for n in names], axis=None, out=buffer)
-
-
 class TrainingSession:
     """Run a model built by :func:`build_training_model` or :func:`build_optimizer_model`.
 
@@ -212,7 +144,6 @@ class TrainingSession:
                 f"execution provider(s) {unknown} are not available in this onnxruntime "
                 f"build; available: {available}"
             )
-        self._device, self._device_id = _device_of(self.providers)
         if sess_options is None:
             sess_options = ort.SessionOptions()
             # Silence ORT's per-initializer warnings (unused "<input>.initial" values of a
@@ -228,11 +159,11 @@ class TrainingSession:
         # gets the model without their initial values (passes.session).
         from .passes.session import chunk_layouts, session_models  # onnx_ir: on first use
 
-        self.session, runnable = _start_session(
+        session, runnable = _start_session(
             *session_models(self.model, contract, chunk_size), sess_options, self.providers
         )
         # Every input's spec, read once (NodeArg.type/.shape build new objects on each access).
-        self._input_specs = {i.name: TensorSpec.of_input(i) for i in self.session.get_inputs()}
+        self._input_specs = {i.name: TensorSpec.of_input(i) for i in session.get_inputs()}
         # Class-label inputs whose values are range-checked before a step (safety.py).
         self._label_ranges = label_ranges(self.model, contract.data_inputs)
         defaults = initial_values(self.model)
@@ -240,87 +171,52 @@ class TrainingSession:
         missing = [n for n in self._state_names if n not in defaults]
         if missing:
             raise ModelError(f"built model lacks initial values for state input(s) {missing}")
-        self._buffers = _ping_pong_buffers(
-            {n: defaults[n] for n in self._state_names}, self._device, self._device_id
-        )
-        self._lr_values = {
-            name: self._ortvalue(numpy_helper.to_array(defaults[name]))
-            for name in contract.lr_inputs.values()
-        }
-        self._loss_buffer: ort.OrtValue | None = None
-        if contract.loss:
-            loss_out = next(o for o in self.session.get_outputs() if o.name == contract.loss)
-            # A preallocated host scalar: the loss is the only thing that leaves the device.
-            self._loss_buffer = ort.OrtValue.ortvalue_from_numpy(
-                np.zeros((), ORT_TYPES.get(loss_out.type, np.float32))
-            )
-        # Models built with skip_nonfinite report a skipped step in a bool scalar on the host.
-        self._overflow_buffer: ort.OrtValue | None = None
-        if contract.overflow:
-            self._overflow_buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros((), np.bool_))
         # Outputs of parameters updated chunk by chunk (chunk_size) are declared in chunk
         # layout [rows, chunk]: the same buffer is bound with that shape (no copy).
-        self._layout = chunk_layouts(runnable, self._state_names)
+        layout = chunk_layouts(runnable, self._state_names)
         del runnable
-        self._bindings = [self._prepare_binding(0), self._prepare_binding(1)]
-        self._cur = 0
+        # Host scalars: the loss, and (skip_nonfinite) whether the step was skipped.
+        outputs: dict[str, Any] = {}
+        if contract.loss:
+            loss_out = next(o for o in session.get_outputs() if o.name == contract.loss)
+            outputs[contract.loss] = ORT_TYPES.get(loss_out.type, np.float32)
+        if contract.overflow:
+            outputs[contract.overflow] = np.bool_
+        self._buffers = StateBuffers(
+            session,
+            {n: defaults[n] for n in self._state_names},
+            {n: defaults[n] for n in contract.lr_inputs.values()},
+            [self._input_specs[n] for n in contract.data_inputs],
+            outputs,
+            layout,
+            *_device_of(self.providers),
+        )
         self._global_step = int(numpy_helper.to_array(defaults[GLOBAL_STEP]))
         # name -> exact spec of every tensor carried between steps (set_parameters, checkpoints)
-        self._state_specs = {
-            n: TensorSpec.of_value(n, v) for n, v in {**self._buffers[0], **self._lr_values}.items()
-        }
+        self._state_specs = self._buffers.specs()
         self._predictor: tuple[ort.InferenceSession, FeedValidator, frozenset[str]] | None = None
         self._lr_probe: LearningRateProbe | None = None
-        # Data inputs bound once with bind_inputs (e.g. gradients already on the device); the
-        # dict keeps the OrtValues alive, because a binding does not own the memory it reads.
-        self._bound: dict[str, ort.OrtValue] = {}
         self._feeds = self._feed_validator()
-        self._feed_slots: dict[str, tuple[tuple[int, ...], ort.OrtValue]] = {}
-        self._packed: _PackedInputs | None = None  # made by the first step that takes inputs
         self.last_overflow = False
 
-    # -- construction ------------------------------------------------------------------------
-    def _ortvalue(self, arr: np.ndarray) -> ort.OrtValue:
-        # Always a private copy: on CPU an OrtValue wraps the numpy buffer it is given, and the
-        # two ping-pong sets must never share memory (a step writes one while reading the other).
-        return ort.OrtValue.ortvalue_from_numpy(
-            np.array(arr, order="C", copy=True), self._device, self._device_id
-        )
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The onnxruntime session a step runs (its two IOBindings are prepared once)."""
+        return self._buffers.session
 
-    def _prepare_binding(self, src: int) -> ort.IOBinding:
-        binding = self.session.io_binding()
-        layout = self._layout
-        for name in self._state_names:
-            binding.bind_ortvalue_input(name, self._buffers[src][name])
-            target = self._buffers[1 - src][name]
-            if name in layout:
-                binding.bind_output(
-                    updated(name),
-                    self._device,
-                    self._device_id,
-                    ORT_TYPES[target.data_type()],
-                    layout[name],
-                    target.data_ptr(),
-                )
-            else:
-                binding.bind_ortvalue_output(updated(name), target)
-        for name, value in self._lr_values.items():
-            binding.bind_ortvalue_input(name, value)
-        if self.contract.loss:
-            binding.bind_ortvalue_output(self.contract.loss, self._loss_buffer)
-        if self._overflow_buffer is not None:
-            binding.bind_ortvalue_output(self.contract.overflow, self._overflow_buffer)
-        return binding
+    @session.setter
+    def session(self, session: ort.InferenceSession) -> None:
+        self._buffers.session = session  # e.g. a proxy that counts runs
 
     # -- stepping ----------------------------------------------------------------------------
     def _feed_validator(self) -> FeedValidator:
         """The validator of a step's feeds: what a step takes changes only with bind_inputs."""
         return FeedValidator(
             self._input_specs,
-            [n for n in self.contract.data_inputs if n not in self._bound],
+            [n for n in self.contract.data_inputs if n not in self._buffers.bound],
             "a step",
             self._label_ranges,
-            bound=list(self._bound),
+            bound=self._buffers.bound,
         )
 
     def _check_tables(self) -> None:
@@ -331,28 +227,6 @@ class TrainingSession:
                 f"(length {limit}); parameters and state are unchanged. Use a longer table or a "
                 "schedule from adamax_onnx.schedules"
             )
-
-    def _feed(self, binding: ort.IOBinding, name: str, arr: np.ndarray) -> None:
-        """Bind or copy one fed array that :class:`_PackedInputs` does not take (a dynamic
-        shape, or 1 MiB and more).
-
-        A fed array is copied into an OrtValue bound once in both bindings (0.7 us a tensor)
-        rather than bound anew (6 us: 12 ms a step with 2,000 fed gradients); a new shape (a
-        ragged last batch) binds a new buffer.
-        """
-        slots = self._feed_slots
-        if arr.nbytes >= _COPY_LIMIT:  # large: bound where it is (a copy would cost more)
-            slots.pop(name, None)  # the other binding still holds the old slot: drop it
-            binding.bind_cpu_input(name, np.ascontiguousarray(arr))
-            return
-        slot = slots.get(name)
-        if slot is not None and slot[0] == arr.shape:
-            slot[1].update_inplace(arr)
-            return
-        value = ort.OrtValue.ortvalue_from_numpy(np.array(arr, order="C", copy=True))
-        slots[name] = (arr.shape, value)
-        for b in self._bindings:
-            b.bind_ortvalue_input(name, value)
 
     def bind_inputs(self, values: Mapping[str, ort.OrtValue]) -> None:
         """Bind data inputs once for every later step (e.g. gradients already on the device).
@@ -365,29 +239,8 @@ class TrainingSession:
         Raises:
             FeedError: an unknown input name, not an OrtValue, or a wrong dtype or shape.
         """
-        for name, value in values.items():
-            if name not in self.contract.data_inputs:
-                raise FeedError(
-                    f"cannot bind {name!r}: the data inputs are {self.contract.data_inputs}"
-                )
-            if not isinstance(value, ort.OrtValue):
-                raise FeedError(
-                    f"bind_inputs: {name!r} must be an onnxruntime.OrtValue, "
-                    f"got {type(value).__name__}"
-                )
-            spec = self._input_specs[name]
-            if not spec.fits(value.data_type(), value.shape()):
-                raise FeedError(
-                    f"bind_inputs: {name!r} is {value.data_type()}{list(value.shape())}, "
-                    f"expected {spec.ort_type}{list(spec.dims or ())}"
-                )
-        for name, value in values.items():
-            self._bound[name] = value
-            self._feed_slots.pop(name, None)
-            for binding in self._bindings:
-                binding.bind_ortvalue_input(name, value)
+        self._buffers.bind_inputs(values)
         self._feeds = self._feed_validator()  # what a step takes has changed
-        self._packed = None  # packed anew for it
 
     def step(self, feeds: Mapping[str, np.ndarray] | None = None) -> float | None:
         """Run one training step; returns the (unscaled) loss, or None for an optimizer model.
@@ -401,22 +254,13 @@ class TrainingSession:
         """
         arrays = self._feeds({} if feeds is None else feeds)
         self._check_tables()
-        binding = self._bindings[self._cur]
-        if self._packed is None:
-            self._packed = _PackedInputs(self._feeds.specs, self._bindings)
-        self._packed.copy(arrays)
-        for name in self._packed.others:
-            self._feed(binding, name, arrays[name])
-        self.session.run_with_iobinding(binding)
-        self._cur = 1 - self._cur
-        self.last_overflow = (
-            bool(self._overflow_buffer.numpy()) if self._overflow_buffer is not None else False
-        )
+        buffers = self._buffers
+        buffers.run(arrays)
+        overflow = self.contract.overflow
+        self.last_overflow = bool(buffers.output(overflow)) if overflow else False
         if not self.last_overflow:
             self._global_step += 1
-        if self._loss_buffer is None:
-            return None
-        return float(self._loss_buffer.numpy())
+        return float(buffers.output(self.contract.loss)) if self.contract.loss else None
 
     # -- state access ------------------------------------------------------------------------
     @property
@@ -428,10 +272,7 @@ class TrainingSession:
         """The current dynamic loss scale (graph state), or None without a dynamic manager."""
         if LOSS_SCALE not in self._state_names:
             return None
-        return float(self._value(LOSS_SCALE))
-
-    def _value(self, name: str) -> np.ndarray:
-        return self._buffers[self._cur][name].numpy().copy()
+        return float(self._buffers.read(LOSS_SCALE))
 
     def ortvalue(self, name: str) -> ort.OrtValue:
         """The OrtValue holding the current value of a parameter or state tensor, on the
@@ -444,23 +285,18 @@ class TrainingSession:
         Raises:
             ModelError: ``name`` is not a parameter or state tensor of this model.
         """
-        current = self._buffers[self._cur]
-        if name not in current:
-            raise ModelError(
-                f"{name!r} is not a parameter or state tensor; they are {list(current)}"
-            )
-        return current[name]
+        return self._buffers.ortvalue(name)
 
     @property
     def chunk_layout(self) -> dict[str, list[int]]:
         """The state tensors whose update runs as a Scan over chunks (``chunk_size``), each with
         the ``[rows, chunk]`` layout its ``.updated`` output is declared in; empty when nothing
         is chunked. The session binds those outputs to its parameter-shaped buffers as is."""
-        return {name: list(layout) for name, layout in self._layout.items()}
+        return self._buffers.layout
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Current parameter values (host copies), by name."""
-        return {p: self._value(p) for p in self.contract.params}
+        return {p: self._buffers.read(p) for p in self.contract.params}
 
     def state(self) -> dict[str, Any]:
         """Optimizer state: ``global_step``, ``beta1_power``, and ``m``/``v`` per parameter.
@@ -468,13 +304,13 @@ class TrainingSession:
         Models with extra carried state (a dynamic loss scale) add ``extra``: name -> array.
         """
         state = {
-            "global_step": int(self._value(GLOBAL_STEP)),
-            "beta1_power": float(self._value(BETA1_POWER)),
-            "m": {p: self._value(m_name(p)) for p in self.contract.params},
-            "v": {p: self._value(v_name(p)) for p in self.contract.params},
+            "global_step": int(self._buffers.read(GLOBAL_STEP)),
+            "beta1_power": float(self._buffers.read(BETA1_POWER)),
+            "m": {p: self._buffers.read(m_name(p)) for p in self.contract.params},
+            "v": {p: self._buffers.read(v_name(p)) for p in self.contract.params},
         }
         if self.contract.extra_state:
-            state["extra"] = {n: self._value(n) for n in self.contract.extra_state}
+            state["extra"] = {n: self._buffers.read(n) for n in self.contract.extra_state}
         return state
 
     def set_parameters(self, values: Mapping[str, np.ndarray]) -> None:
@@ -492,7 +328,7 @@ class TrainingSession:
                     f"parameter {name!r} must be {spec}, got {arr.dtype}{list(arr.shape)}"
                 )
         for name, arr in checked.items():
-            self._buffers[self._cur][name].update_inplace(np.asarray(arr, order="C"))
+            self._buffers.write(name, arr)
 
     @property
     def parameter_specs(self) -> dict[str, TensorSpec]:
@@ -503,9 +339,7 @@ class TrainingSession:
     @property
     def learning_rates(self) -> dict[int, float]:
         """Current fixed learning rate of each group that has one (overridable between steps)."""
-        return {
-            int(g): float(self._lr_values[n].numpy()) for g, n in self.contract.lr_inputs.items()
-        }
+        return {int(g): float(self._buffers.read(n)) for g, n in self.contract.lr_inputs.items()}
 
     def set_learning_rate(self, value: float, group: int | None = None) -> None:
         """Change a fixed learning rate between steps, without rebuilding the graph."""
@@ -518,15 +352,15 @@ class TrainingSession:
                 raise ValueError(
                     f"group {g} has no fixed learning rate (fixed-lr groups: {sorted(groups)})"
                 )
-            self._lr_values[groups[g]].update_inplace(np.array(value, np.float32))
+            self._buffers.write(groups[g], np.array(value, np.float32))
 
     # -- current learning rate / weight decay (MindSpore get_lr, get_weight_decay) ---------------
     def _probe(self) -> tuple[LearningRateProbe, int, dict[str, np.ndarray]]:
         """The probe (cut out once), the graph's global_step and the fixed learning rates."""
         if self._lr_probe is None:
             self._lr_probe = LearningRateProbe(self.model, self.contract)
-        lrs = {n: v.numpy() for n, v in self._lr_values.items()}
-        return self._lr_probe, int(self._value(GLOBAL_STEP)), lrs
+        lrs = {n: self._buffers.read(n) for n in self._buffers.fixed_names}
+        return self._lr_probe, int(self._buffers.read(GLOBAL_STEP)), lrs
 
     def get_lr(self) -> dict[int, float]:
         """The learning rate each group uses at the next step, by group index.
@@ -568,9 +402,8 @@ class TrainingSession:
     def state_tensors(self) -> dict[str, np.ndarray]:
         """Host copies of every tensor carried between steps, by graph input name: parameters,
         optimizer state and fixed learning rates (what a checkpoint holds)."""
-        arrays = {n: self._value(n) for n in self._state_names}
-        arrays.update({n: v.numpy().copy() for n, v in self._lr_values.items()})
-        return arrays
+        buffers = self._buffers
+        return {n: buffers.read(n) for n in [*buffers.state_names, *buffers.fixed_names]}
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write parameters and optimizer state atomically; returns the file written."""
@@ -593,11 +426,9 @@ class TrainingSession:
             self._state_specs,
             GLOBAL_STEP,
         )
-        cur = self._buffers[self._cur]
-        for name in self._state_names:
-            cur[name].update_inplace(np.asarray(arrays[name], order="C"))
-        for name, value in self._lr_values.items():
-            value.update_inplace(np.asarray(arrays[name], order="C"))
+        buffers = self._buffers
+        for name in [*buffers.state_names, *buffers.fixed_names]:
+            buffers.write(name, arrays[name])
         self._global_step = int(arrays[GLOBAL_STEP])
 
     # -- inference ---------------------------------------------------------------------------
@@ -606,7 +437,7 @@ class TrainingSession:
         if self.contract.kind != "training":
             raise ModelError("an optimizer model has no inference graph to export")
         # with the running statistics of BatchNorm trained in training mode (extra state)
-        extra = {n: self._value(n) for n in self.contract.extra_state}
+        extra = {n: self._buffers.read(n) for n in self.contract.extra_state}
         return extract_inference_model(self.model, {**extra, **self.parameters()})
 
     def export_inference_model(self, path: str | os.PathLike) -> Path:
@@ -634,7 +465,7 @@ class TrainingSession:
         binding = predictor.io_binding()
         for name in [*self.contract.params, *self.contract.extra_state]:
             if name in inputs:  # extra state the graph reads: running statistics
-                binding.bind_ortvalue_input(name, self._buffers[self._cur][name])
+                binding.bind_ortvalue_input(name, self._buffers.ortvalue(name))
         for name, arr in arrays.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(arr))
         for out in self.contract.model_outputs:
