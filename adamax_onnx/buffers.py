@@ -91,13 +91,16 @@ class StateBuffers:
         state: the initial value of each state input, by name (TensorProto or array).
         fixed: inputs bound as they are in both bindings (fixed learning rates), by name.
         data_inputs: the spec of each input a run is fed, in order.
-        outputs: outputs written into a preallocated host scalar each, with its dtype.
+        outputs: outputs written into a preallocated host scalar each (of its declared type).
         layout: state inputs whose ``.updated`` output is declared in another shape of the
             same size (a chunk layout ``[rows, chunk]``): the buffer is bound with that shape.
         device, device_id: where the state and fixed values live (``"cpu"`` or ``"cuda"``).
 
+    Attributes:
+        session: what :meth:`run` runs the bindings with (the session, or a stand-in for it).
+
     Example:
-        >>> buffers = StateBuffers(session, {"w": w0}, {}, [spec_of_x], {"loss": np.float32})
+        >>> buffers = StateBuffers(session, {"w": w0}, {}, [spec_of_x], ["loss"])
         >>> buffers.run({"x": x})
         >>> float(buffers.output("loss")), buffers.read("w")
     """
@@ -108,7 +111,7 @@ class StateBuffers:
         state: Mapping[str, onnx.TensorProto | np.ndarray],
         fixed: Mapping[str, onnx.TensorProto | np.ndarray],
         data_inputs: Sequence[TensorSpec],
-        outputs: Mapping[str, np.dtype | type] | None = None,
+        outputs: Sequence[str] = (),
         layout: Mapping[str, Sequence[int]] | None = None,
         device: str = "cpu",
         device_id: int = 0,
@@ -129,9 +132,12 @@ class StateBuffers:
             for name, v in fixed.items()
         }
         # The only things that leave the device each run: preallocated host scalars.
+        types = {o.name: o.type for o in session.get_outputs()}
         self._outputs = {
-            name: ort.OrtValue.ortvalue_from_numpy(np.zeros((), dtype))
-            for name, dtype in (outputs or {}).items()
+            name: ort.OrtValue.ortvalue_from_numpy(
+                np.zeros((), ORT_TYPES.get(types[name], np.float32))
+            )
+            for name in outputs
         }
         self._layout = {name: tuple(shape) for name, shape in (layout or {}).items()}
         self._data_specs = {s.name: s for s in data_inputs}

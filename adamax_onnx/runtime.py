@@ -10,13 +10,13 @@ out; no parameter-sized host copy or allocation happens. A failed run writes onl
 This module is the public surface of a session (step, state, learning rates, checkpoints,
 inference) over those buffers. It never edits graphs: the model it runs comes from
 :mod:`.passes.session`, the inference model from :mod:`.passes.inference`; learning rates are
-read by :mod:`.lr_probe`, checkpoints written and checked by :mod:`.checkpoint`.
+read by :mod:`.lr_probe`, checkpoints written and checked by :mod:`.checkpoint`, providers
+checked and the onnxruntime session started by :mod:`.providers`.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from .atomic import save_model_atomically
 from .buffers import StateBuffers
 from .checkpoint import check_restorable, model_identity, read_checkpoint, write_checkpoint
 from .errors import LearningRateTableExhausted, ModelError
-from .feeds import ORT_TYPES, FeedValidator, TensorSpec
+from .feeds import FeedValidator, TensorSpec
 from .lr_probe import LearningRateProbe, groups_of
 from .passes.contract import (
     BETA1_POWER,
@@ -43,58 +43,12 @@ from .passes.contract import (
     v_name,
 )
 from .passes.inference import extract_inference_model
-from .passes.names import DEFAULT_CHUNK_SIZE, LOSS_SCALE
+from .passes.names import LOSS_SCALE
+from .providers import checked_providers, default_chunk_size, device_of, start_session
 from .safety import label_ranges
 from .trainable import is_trainable_file, training_model_from_trainable
 
 __all__ = ["TrainingSession", "default_chunk_size"]
-
-
-def _provider_names(providers: Sequence[Any]) -> list[str]:
-    """Provider names of an onnxruntime ``providers`` list (names or (name, options) pairs)."""
-    return [p[0] if isinstance(p, tuple) else p for p in providers]
-
-
-def _device_of(providers: Sequence[Any]) -> tuple[str, int]:
-    first = providers[0] if providers else "CPUExecutionProvider"
-    name, opts = first if isinstance(first, tuple) else (first, {})
-    if name == "CUDAExecutionProvider":
-        return "cuda", int(opts.get("device_id", 0))
-    return "cpu", 0
-
-
-def default_chunk_size(providers: Sequence[Any]) -> int:
-    """``DEFAULT_CHUNK_SIZE`` when every provider is onnxruntime's CPU provider, else 0.
-
-    On the CPU a chunk stays in cache between the update's ten elementwise ops; on a GPU the
-    whole-tensor kernels are already bandwidth-bound and a Scan would add per-chunk launches.
-    """
-    cpu_only = all(n == "CPUExecutionProvider" for n in _provider_names(providers))
-    return DEFAULT_CHUNK_SIZE if cpu_only else 0
-
-
-def _start_session(
-    plain: onnx.ModelProto,
-    chunked: onnx.ModelProto | None,
-    options: ort.SessionOptions,
-    providers: list[Any],
-) -> tuple[ort.InferenceSession, onnx.ModelProto]:
-    """A session of ``chunked`` or, should onnxruntime refuse it (with a ``RuntimeWarning``),
-    of ``plain``; returns the session and the model it runs."""
-    try:
-        model = chunked or plain
-        return ort.InferenceSession(model.SerializeToString(), options, providers), model
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception
-        if chunked is None:
-            raise
-        # A speed rewrite must never cost a user the session: run the model as built.
-        warnings.warn(
-            f"onnxruntime refused the chunked update ({exc}); running whole-tensor "
-            "updates instead (TrainingSession(..., chunk_size=0) skips the attempt)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return ort.InferenceSession(plain.SerializeToString(), options, providers), plain
 
 
 class TrainingSession:
@@ -135,15 +89,7 @@ class TrainingSession:
                 "build it with build_training_model or build_optimizer_model"
             )
         self.contract: Contract = contract
-        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
-        # onnxruntime only warns about an unknown provider and falls back to the CPU.
-        available = ort.get_available_providers()
-        unknown = [name for name in _provider_names(self.providers) if name not in available]
-        if unknown:
-            raise ModelError(
-                f"execution provider(s) {unknown} are not available in this onnxruntime "
-                f"build; available: {available}"
-            )
+        self.providers = checked_providers(providers)
         if sess_options is None:
             sess_options = ort.SessionOptions()
             # Silence ORT's per-initializer warnings (unused "<input>.initial" values of a
@@ -159,7 +105,7 @@ class TrainingSession:
         # gets the model without their initial values (passes.session).
         from .passes.session import chunk_layouts, session_models  # onnx_ir: on first use
 
-        session, runnable = _start_session(
+        session, runnable = start_session(
             *session_models(self.model, contract, chunk_size), sess_options, self.providers
         )
         # Every input's spec, read once (NodeArg.type/.shape build new objects on each access).
@@ -175,21 +121,15 @@ class TrainingSession:
         # layout [rows, chunk]: the same buffer is bound with that shape (no copy).
         layout = chunk_layouts(runnable, self._state_names)
         del runnable
-        # Host scalars: the loss, and (skip_nonfinite) whether the step was skipped.
-        outputs: dict[str, Any] = {}
-        if contract.loss:
-            loss_out = next(o for o in session.get_outputs() if o.name == contract.loss)
-            outputs[contract.loss] = ORT_TYPES.get(loss_out.type, np.float32)
-        if contract.overflow:
-            outputs[contract.overflow] = np.bool_
         self._buffers = StateBuffers(
             session,
             {n: defaults[n] for n in self._state_names},
             {n: defaults[n] for n in contract.lr_inputs.values()},
             [self._input_specs[n] for n in contract.data_inputs],
-            outputs,
+            # host scalars: the loss, and (skip_nonfinite) whether the step was skipped
+            [n for n in (contract.loss, contract.overflow) if n],
             layout,
-            *_device_of(self.providers),
+            *device_of(self.providers),
         )
         self._global_step = int(numpy_helper.to_array(defaults[GLOBAL_STEP]))
         # name -> exact spec of every tensor carried between steps (set_parameters, checkpoints)

@@ -54,7 +54,7 @@ def _accumulator(lr: float = 1.0):
         {"w": w0},
         {"lr": np.array(lr, np.float32)},
         _specs(session, ["x"]),
-        {"loss": np.float32},
+        ["loss"],
     )
     return w0, buffers
 
@@ -97,9 +97,7 @@ def test_a_failed_run_leaves_the_current_state_untouched():
         [("w.updated", F32, [4]), ("loss", F32, [])],
     )
     w0 = np.full(4, 10.0, np.float32)
-    buffers = StateBuffers(
-        session, {"w": w0}, {}, _specs(session, ["x", "r"]), {"loss": np.float32}
-    )
+    buffers = StateBuffers(session, {"w": w0}, {}, _specs(session, ["x", "r"]), ["loss"])
     ones = np.ones(4, np.float32)
     buffers.run({"x": ones, "r": np.zeros(1, np.float32)})
     before, ptr = buffers.read("w"), buffers.ortvalue("w").data_ptr()

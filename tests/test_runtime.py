@@ -144,7 +144,15 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize(
     "module",
-    ["buffers.py", "trainable.py", "feeds.py", "lr_probe.py", "checkpoint.py", "passes/session.py"],
+    [
+        "buffers.py",
+        "providers.py",
+        "trainable.py",
+        "feeds.py",
+        "lr_probe.py",
+        "checkpoint.py",
+        "passes/session.py",
+    ],
 )
 def test_what_the_runtime_uses_does_not_import_it(module):
     assert not any(m.startswith("adamax_onnx.runtime") for m in _imports(PACKAGE / module))
