@@ -73,7 +73,8 @@ class DecomposeBatchNorm(BuildPass):
     Raises:
         BatchNormError: an input of unknown rank, a trained running statistic, or a node in
             training mode whose running statistics are not initializers of their own (or one
-            whose running-statistic outputs are read by other nodes).
+            whose running-statistic outputs are read by other nodes). Such outputs that are
+            graph outputs take the updated running statistics (torch's: unbiased variance).
 
     After the pass, :attr:`running_stats` lists the running means and variances of nodes in
     training mode, which the pass made state inputs with ``<name>.updated`` outputs.
@@ -96,8 +97,9 @@ class DecomposeBatchNorm(BuildPass):
         state: list[tuple[ir.Value, ir.Value]] = []  # (running statistic, its next value)
         for node in bns:
             g.nodes = []
-            y = self._decompose(model, node, g, _rank(node.inputs[0], facts), state)
-            replace_node(graph, node, g.nodes, [y] + [None] * (len(node.outputs) - 1))
+            outputs = self._decompose(model, node, g, _rank(node.inputs[0], facts), state)
+            outputs = (outputs + [None] * len(node.outputs))[: len(node.outputs)]
+            replace_node(graph, node, g.nodes, outputs)
         for stat, _ in state:
             if not stat.is_graph_input():
                 graph.inputs.append(stat)
@@ -106,7 +108,8 @@ class DecomposeBatchNorm(BuildPass):
 
     def _decompose(
         self, model: ir.Model, node: ir.Node, g: IRBuilder, rank: int | None, state: list
-    ) -> ir.Value:
+    ) -> list[ir.Value | None]:
+        """The values that take the place of ``node``'s outputs (None: an output not kept)."""
         label = node.name or node.outputs[0].name
         training = bool(node.attributes.get_int("training_mode", 0)) or any(
             o.name for o in node.outputs[1:3]
@@ -143,7 +146,7 @@ class DecomposeBatchNorm(BuildPass):
         shift = g.op("Mul", [channel(mean, "mean"), new_scale], f"{label}.mean_scaled")
         new_bias = g.op("Sub", [channel(bias, "bias"), shift], f"{label}.new_bias")
         scaled = g.op("Mul", [x, new_scale], f"{label}.scaled")
-        return g.op("Add", [scaled, new_bias], label)
+        return [g.op("Add", [scaled, new_bias], label)]
 
     def _training(
         self,
@@ -155,7 +158,7 @@ class DecomposeBatchNorm(BuildPass):
         epsilon: float,
         momentum: float,
         state: list,
-    ) -> ir.Value:
+    ) -> list[ir.Value | None]:
         x, scale, bias, mean, var = node.inputs[:5]
         bad = [
             v.name for v in (mean, var) if not v.is_initializer() or v.name in self.running_stats
@@ -165,12 +168,6 @@ class DecomposeBatchNorm(BuildPass):
                 f"BatchNormalization node {label!r} is in training mode, but its running "
                 f"statistics {bad} are not initializers of their own, so they cannot be "
                 "updated as state"
-            )
-        read = [o.name for o in node.outputs[1:3] if o.uses() or o.is_graph_output()]
-        if read:
-            raise BatchNormError(
-                f"the running-statistic outputs {read} of BatchNormalization node {label!r} "
-                "are read by other nodes; only the normalized output can be used"
             )
         dtype = _np_dtype(scale)
         axis_list = [0, *range(2, rank)]
@@ -216,9 +213,16 @@ class DecomposeBatchNorm(BuildPass):
         correction = g.op(
             "Div", [n, g.op("Sub", [n, one], f"{label}.count_minus_1")], f"{label}.bessel"
         )
-        for stat, batch, what, fix in (
-            (mean, batch_mean, "mean", None),
-            (var, batch_var, "var", correction),
+        read = [o.name for o in node.outputs[1:3] if o.uses()]
+        if read:
+            raise BatchNormError(
+                f"the running-statistic outputs {read} of BatchNormalization node {label!r} "
+                "are read by other nodes; only the normalized output can be used"
+            )
+        outputs: list[ir.Value | None] = [y]
+        for k, stat, batch, what, fix in (
+            (1, mean, batch_mean, "mean", None),
+            (2, var, batch_var, "var", correction),
         ):
             b = g.op("Reshape", [batch, flat], f"{label}.batch_{what}_flat")
             if fix is not None:
@@ -230,7 +234,13 @@ class DecomposeBatchNorm(BuildPass):
             new.type, new.shape = ir.TensorType(stat.const_value.dtype), stat.const_value.shape
             self.running_stats.append(stat.name)
             state.append((stat, new))
-        return y
+            # A graph output of the node's own running statistic is this updated value (as torch
+            # computes it; the ONNX definition has the biased batch variance); the state output
+            # <stat>.updated is a graph output of its own.
+            out = node.outputs[k] if len(node.outputs) > k else None
+            kept = out is not None and out.is_graph_output()
+            outputs.append(g.op("Identity", [new], f"{label}.running_{what}") if kept else None)
+        return outputs
 
 
 def to_eval_mode(model: onnx.ModelProto) -> onnx.ModelProto:
