@@ -88,16 +88,7 @@ def _lstm_dir(c: RecurrentNode, d, reverse, y_d, dy, dyh, h0, dyc, c0):
     states = [dyh if dyh is not None else c.zeros(), dyc if dyc is not None else c.zeros()]
     dh0, dc0, da_all = scan(ctx, body, [dh_new, dc_new, da], states, scans, 1, not reverse)
 
-    out = {"dh0": dh0, "dc0": dc0}
-    if ctx.needs(0):
-        out["dx"] = ctx.op("MatMul", da_all, w_d)
-    if ctx.needs(1):
-        out["dw"] = c.outer(da_all, c.x3, c.G, None)
-    if ctx.needs(2):
-        out["dr"] = c.outer(da_all, hprev, c.G, H)
-    if ctx.needs(3):
-        db = c.bias_sum(da_all)
-        out["db"] = ctx.op("Concat", db, db, axis=0)
+    out = c.gate_gradients(da_all, hprev, w_d, {"dh0": dh0, "dc0": dc0})
     if peep is not None and ctx.needs(7):
         da_iof = ctx.op("Slice", da_all, ctx.i64([0]), ctx.i64([3 * H]), ctx.i64([2]))
         states = ctx.op("Concat", cprev, cells, cprev, axis=-1)

@@ -312,6 +312,22 @@ class RecurrentNode:
     def bias_sum(self, da):
         return self.ctx.reduce_sum(da, [0, 1], keepdims=False)
 
+    def gate_gradients(self, da_all, hprev, w_d, out: dict) -> dict:
+        """Into ``out``: dx, dW, dR and dB (Wb and Rb get the same sum) from the gradients of the
+        pre-activations of every gate, ``da_all`` [seq, batch, gates*H], where the node needs
+        them (LSTM and RNN; GRU's linear_before_reset splits R's part differently)."""
+        ctx, H = self.ctx, self.H
+        if ctx.needs(0):
+            out["dx"] = ctx.op("MatMul", da_all, w_d)
+        if ctx.needs(1):
+            out["dw"] = self.outer(da_all, self.x3, self.G, None)
+        if ctx.needs(2):
+            out["dr"] = self.outer(da_all, hprev, self.G, H)
+        if ctx.needs(3):
+            db = self.bias_sum(da_all)
+            out["db"] = ctx.op("Concat", db, db, axis=0)
+        return out
+
 
 def recurrent_gradients(ctx, dys, kind: str, backward):
     """The input gradients of a ``kind`` node (LSTM, GRU, RNN): ``backward(c, d, reverse, y_d,

@@ -10,7 +10,7 @@ from .recurrent import Body, RecurrentNode, dact, recurrent_gradients, scan, shi
 
 
 def _rnn_dir(c: RecurrentNode, d, reverse, y_d, dy, dyh, h0):
-    ctx, H = c.ctx, c.H
+    ctx = c.ctx
     w_d, r_d = c.pick(c.w, d, 0), c.pick(c.r, d, 0)
     hprev = shift(ctx, c.hidden_states(y_d, h0, reverse), h0, reverse)
     k = dact(ctx, c.acts[d], y_d, c.x)
@@ -34,17 +34,7 @@ def _rnn_dir(c: RecurrentNode, d, reverse, y_d, dy, dyh, h0):
         ctx, body, [dh_new, da], [dyh if dyh is not None else c.zeros()], scans, 1, not reverse
     )
 
-    out = {"dh0": dh0}
-    if ctx.needs(0):
-        out["dx"] = ctx.op("MatMul", da_all, w_d)
-    if ctx.needs(1):
-        out["dw"] = c.outer(da_all, c.x3, c.G, None)
-    if ctx.needs(2):
-        out["dr"] = c.outer(da_all, hprev, c.G, H)
-    if ctx.needs(3):
-        db = c.bias_sum(da_all)
-        out["db"] = ctx.op("Concat", db, db, axis=0)
-    return out
+    return c.gate_gradients(da_all, hprev, w_d, {"dh0": dh0})
 
 
 @rule("RNN", since=7)
