@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import gradients, memory, models, optimizer_step, training_step
-from .common import environment, fmt_ms, fmt_ratio, set_threads, table
+from .common import environment, fmt_ms, fmt_ratio, ratio_target, set_threads, table
 
 SECTIONS = ("optimizer", "feeds", "training", "memory", "gradients", "models")
 DEFAULT_OUT = Path(__file__).parent / "results" / "latest.json"
@@ -183,75 +183,31 @@ def targets(result: dict) -> list[tuple[str, str, bool | None]]:
         for label in ("1 x 16M", "100 x 160K"):
             if label in opt:
                 ra = opt[label]["ratios"][variant]
-                out.append(
-                    (
-                        f"{variant}, {label}: <= 1.0x torch foreach",
-                        fmt_ratio(ra["vs_torch_foreach"]),
-                        ra["vs_torch_foreach"] <= 1.0,
-                    )
-                )
-                out.append(
-                    (
-                        f"{variant}, {label}: <= 1.5x multi-threaded floor",
-                        fmt_ratio(ra["vs_floor_mt"]),
-                        ra["vs_floor_mt"] <= 1.5,
-                    )
-                )
+                what = f"{variant}, {label}:"
+                out.append(ratio_target(what, ra["vs_torch_foreach"], 1.0, "torch foreach"))
+                out.append(ratio_target(what, ra["vs_floor_mt"], 1.5, "multi-threaded floor"))
         if "2000 x 1K" in opt:
             ra = opt["2000 x 1K"]["ratios"][variant]
-            out.append(
-                (
-                    f"{variant}, 2000 x 1K: <= 1.0x torch foreach",
-                    fmt_ratio(ra["vs_torch_foreach"]),
-                    ra["vs_torch_foreach"] <= 1.0,
-                )
-            )
+            what = f"{variant}, 2000 x 1K:"
+            out.append(ratio_target(what, ra["vs_torch_foreach"], 1.0, "torch foreach"))
     out += optimizer_step.feeds_targets(result.get("feeds", []))
     for r in result.get("training", []):
         for variant in ("adamax-onnx",):
-            q = r["ratios_vs_torch"][variant]
-            out.append(
-                (
-                    f"{variant}, training step {r['model']} batch {r['batch']}: <= 1.0x torch",
-                    fmt_ratio(q),
-                    q <= 1.0,
-                )
-            )
+            what = f"{variant}, training step {r['model']} batch {r['batch']}:"
+            out.append(ratio_target(what, r["ratios_vs_torch"][variant], 1.0, "torch"))
     for r in result.get("models", []):
         if "error" in r:
             out.append((f"training step {r['model']} batch {r['batch']}", r["error"], False))
             continue
-        out.append(
-            (
-                f"training step {r['model']} batch {r['batch']}: <= 1.0x torch",
-                fmt_ratio(r["ratio_vs_torch"]),
-                r["ratio_vs_torch"] <= 1.0,
-            )
-        )
+        case = f"{r['model']} batch {r['batch']}:"
+        out.append(ratio_target(f"training step {case}", r["ratio_vs_torch"], 1.0, "torch"))
         if "memory_ratio" in r:
-            out.append(
-                (
-                    f"peak memory {r['model']} batch {r['batch']}: <= 1.5x torch",
-                    fmt_ratio(r["memory_ratio"]),
-                    r["memory_ratio"] <= 1.5,
-                )
-            )
+            out.append(ratio_target(f"peak memory {case}", r["memory_ratio"], 1.5, "torch"))
     grads = result.get("gradients", {})
     for r in grads.get("graph", []) if isinstance(grads.get("graph"), list) else []:
-        out.append(
-            (
-                f"gradient graph {r['model']}: nodes <= 1.0x onnxruntime-training + lowering",
-                fmt_ratio(r["node_ratio"]),
-                r["node_ratio"] <= 1.0,
-            )
-        )
-        out.append(
-            (
-                f"gradient graph {r['model']}: step <= 1.0x onnxruntime-training + lowering",
-                fmt_ratio(r["ratio_autodiff_vs_ort"]),
-                r["ratio_autodiff_vs_ort"] <= 1.0,
-            )
-        )
+        peer, what = "onnxruntime-training + lowering", f"gradient graph {r['model']}:"
+        out.append(ratio_target(f"{what} nodes", r["node_ratio"], 1.0, peer))
+        out.append(ratio_target(f"{what} step", r["ratio_autodiff_vs_ort"], 1.0, peer))
     for r in grads.get("build", []):
         if r["layers"] == 20:
             out.append(

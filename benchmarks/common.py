@@ -134,6 +134,11 @@ def fmt_ratio(x: float | None) -> str:
     return "-" if x is None or x != x else f"{x:.2f}x"
 
 
+def ratio_target(what: str, ratio: float, limit: float, peer: str) -> tuple[str, str, bool]:
+    """A target row ``(target, measured, met)``: ``what`` at most ``limit`` times ``peer``."""
+    return (f"{what} <= {limit:.1f}x {peer}", fmt_ratio(ratio), ratio <= limit)
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """A GitHub-flavoured markdown table."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]

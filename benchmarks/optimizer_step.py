@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from .common import fmt_ms, fmt_ratio, interleaved, ort_options, table
+from .common import fmt_ms, fmt_ratio, interleaved, ort_options, ratio_target, table
 
 #: adamax-onnx contenders: name -> (build_optimizer_model options, TrainingSession options).
 VARIANTS = {
@@ -321,17 +321,10 @@ def feeds_table(records: list[dict]) -> str:
 
 
 def feeds_targets(records: list[dict]) -> list[tuple[str, str, bool]]:
-    """Issue 17's targets: step(feeds) <= 1.1x bind-and-copy and <= 1.0x torch foreach."""
-    out = []
-    for r in records:
-        for other, limit in (("bind-and-copy", 1.1), ("torch foreach=True", 1.0)):
-            ratio = r["ratios"][f"step(feeds) / {other}"]
-            out.append(
-                (
-                    f"step(feeds), {r['set']}: <= {limit}x {other}",
-                    fmt_ratio(ratio),
-                    ratio <= limit,
-                )
-            )
-    return out
+    """The targets: step(feeds) <= 1.1x bind-and-copy and <= 1.0x torch foreach."""
+    return [
+        ratio_target(f"step(feeds), {r['set']}:", r["ratios"][f"step(feeds) / {peer}"], limit, peer)
+        for r in records
+        for peer, limit in (("bind-and-copy", 1.1), ("torch foreach=True", 1.0))
+    ]
 
