@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import adamax_onnx as ax
 from adamax_onnx.models.mlp import build_mlp
+from tests.state import snapshot
 
 __all__ = [
     "F16",
@@ -25,20 +26,6 @@ __all__ = [
 ]
 
 F16, F32 = np.float16, np.float32
-
-
-def snapshot(sess: ax.TrainingSession) -> dict[str, np.ndarray]:
-    """Every parameter and every piece of optimizer state, as arrays."""
-    snap = {f"param:{k}": v for k, v in sess.parameters().items()}
-    st = sess.state()
-    snap["global_step"] = np.asarray(st["global_step"])
-    snap["beta1_power"] = np.asarray(st["beta1_power"], np.float32)
-    for k in st["m"]:
-        snap[f"m:{k}"] = st["m"][k]
-        snap[f"v:{k}"] = st["v"][k]
-    for k, v in st.get("extra", {}).items():
-        snap[f"extra:{k}"] = v
-    return snap
 
 
 def assert_bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray], skip=()) -> None:

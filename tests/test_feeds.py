@@ -12,6 +12,7 @@ import pytest
 
 import adamax_onnx as ax
 from adamax_onnx.models.mlp import build_mlp
+from tests.state import snapshot_bytes as snapshot
 
 N, FEATURES, CLASSES = 4, 12, 5
 
@@ -34,17 +35,6 @@ def good(n: int = N) -> dict[str, np.ndarray]:
         "input": rng.standard_normal((n, FEATURES)).astype(np.float32),
         "labels": rng.integers(0, CLASSES, n).astype(np.int64),
     }
-
-
-def snapshot(sess: ax.TrainingSession) -> dict[str, bytes]:
-    snap = {f"param:{k}": v.tobytes() for k, v in sess.parameters().items()}
-    st = sess.state()
-    snap["global_step"] = str(st["global_step"]).encode()
-    snap["beta1_power"] = np.float32(st["beta1_power"]).tobytes()
-    for k in st["m"]:
-        snap[f"m:{k}"] = st["m"][k].tobytes()
-        snap[f"v:{k}"] = st["v"][k].tobytes()
-    return snap
 
 
 def with_(**changes) -> dict:

@@ -31,6 +31,7 @@ import pytest
 import adamax_onnx as ax
 from adamax_onnx.checkpoint import checkpoint_file, read_checkpoint
 from adamax_onnx.models.mlp import build_mlp
+from tests.state import snapshot_bytes as snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIALS = 30
@@ -75,17 +76,6 @@ def options() -> ort.SessionOptions:
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     return opts
-
-
-def snapshot(sess: ax.TrainingSession) -> dict[str, bytes]:
-    snap = {f"param:{k}": v.tobytes() for k, v in sess.parameters().items()}
-    st = sess.state()
-    snap["global_step"] = str(st["global_step"]).encode()
-    snap["beta1_power"] = np.float32(st["beta1_power"]).tobytes()
-    for k in st["m"]:
-        snap[f"m:{k}"] = st["m"][k].tobytes()
-        snap[f"v:{k}"] = st["v"][k].tobytes()
-    return snap
 
 
 @pytest.fixture(scope="module")
